@@ -1,0 +1,18 @@
+"""`fedleak report`."""
+
+from __future__ import annotations
+
+import argparse
+
+from fedsim.errors import UsageError
+
+HELP = "report (not implemented yet)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", help=HELP, description=HELP)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UsageError("'report' is not implemented yet")
