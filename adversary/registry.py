@@ -7,6 +7,7 @@ from typing import Callable
 from adversary.case import Observation, Reconstruction
 from fedsim.errors import UsageError
 
+# Every attack is called as fn(observation, *, iterations=..., seed=..., **method_options).
 Attack = Callable[..., Reconstruction]
 ATTACKS: dict[str, Attack] = {}
 
@@ -22,7 +23,7 @@ def _load_builtin() -> None:
     # Importing the attack modules registers them; kept lazy so importing `adversary` stays cheap.
     import importlib
 
-    for module in ("adversary.attacks",):
+    for module in ("adversary.attacks", "adversary.span", "adversary.lamp", "adversary.best"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
