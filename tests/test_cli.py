@@ -1,0 +1,38 @@
+"""The command line as a user meets it: help, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fedsim.cli import SUBCOMMANDS, main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_four_subcommands():
+    out = _run("--help")
+    assert out.returncode == 0
+    for name in ("attack", "simulate", "sweep", "report"):
+        assert name in out.stdout
+    assert SUBCOMMANDS == ("attack", "simulate", "sweep", "report")
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_each_subcommand_has_help(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([sub, "--help"])
+    assert exc.value.code == 0
+    assert f"fedleak {sub}" in capsys.readouterr().out
+
+
+def test_unknown_subcommand_is_one_line_exit_2():
+    out = _run("bogus")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bogus" in lines[0] and "attack" in lines[0]
+    assert "Traceback" not in out.stderr
