@@ -1,0 +1,262 @@
+"""Defenses: spec parsing, the transforms, DP-SGD against a slow loop, the accounting against dp-accounting, the mod."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from dp_accounting import pld, rdp
+
+from defenses import (Accountant, ClientPrivacy, DefenseMod, add_noise, build_gradient_fn, clip_update,
+                      compute_epsilon, defend_update, format_defenses, global_norm, mechanism, parse_defenses,
+                      per_example_gradients, prune_update, single_release_epsilon)
+from defenses.specs import Clip, DpSgd, Noise, Prune
+from fedsim.errors import UsageError
+from fedsim.models import build_model
+from fedsim.text import load_tokenizer, make_batch
+from fedsim.train import batch_gradients
+
+TEXTS = ["a gripping, funny film", "dull", "the plot wanders and the acting is wooden throughout", "fine", "so bad"]
+LABELS = [1, 0, 0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny", "normal:0.02", seed=0)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch(load_tokenizer(), TEXTS, LABELS)
+
+
+def _update(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"a": torch.randn(40, 30, generator=g), "b": torch.randn(500, generator=g), "ids": torch.arange(7)}
+
+
+# ---- specs -------------------------------------------------------------------------------------------------------
+
+def test_specs_parse_compose_in_order():
+    assert parse_defenses(["none"]) == () and parse_defenses([]) == () and parse_defenses(None) == ()
+    assert parse_defenses(["clip:c=1", "noise:sigma=0.01"]) == (Clip(1.0), Noise(0.01))
+    assert parse_defenses("dp:sigma=1.1,c=0.5+prune:p=0.9") == (DpSgd(1.1, 0.5), Prune(0.9))
+    assert parse_defenses(["noise:sigma=1e+2+clip:c=1"]) == (Noise(100.0), Clip(1.0))  # '+' in a number stays
+    assert parse_defenses(["DP: c=2, sigma=3"]) == (DpSgd(3.0, 2.0),)
+    assert format_defenses(["clip:c=1", "noise:sigma=0.01"]) == "clip:c=1+noise:sigma=0.01"
+    assert format_defenses([]) == "none"
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("noise:sigma=-1", "-1"), ("zap:x=1", "zap:x=1"), ("noise", "sigma"), ("noise:sigma", "sigma"),
+    ("noise:sigma=", "sigma"), ("noise:s=1", "'s'"), ("clip:c=0", "c must be > 0"), ("prune:p=1", "p must be in [0, 1)"),
+    ("prune:p=-0.1", "-0.1"), ("dp:sigma=1", "c=C"), ("noise:sigma=nan", "nan"), ("noise:sigma=abc", "abc"),
+    ("clip:c=1,c=2", "twice"), ("", "empty"), ("none:1", "none:1"), ("clip:c=1+dp:sigma=1,c=1", "first"),
+])
+def test_malformed_specs_raise_one_line_naming_the_value(spec, named):
+    with pytest.raises(UsageError) as err:
+        parse_defenses([spec])
+    message = str(err.value)
+    assert "\n" not in message and named in message and "accepted:" in message
+
+
+def test_malformed_spec_is_rejected_by_every_entry_point():
+    for call in (lambda: build_gradient_fn(["zap:x=1"]), lambda: defend_update(["noise:sigma=-1"], _update()),
+                 lambda: DefenseMod(["prune:p=2"]), lambda: compute_epsilon(["noise"], 1, 1, 1)):
+        with pytest.raises(UsageError):
+            call()
+    with pytest.raises(UsageError, match="per-example"):
+        defend_update(["dp:sigma=1,c=1"], _update())
+    with pytest.raises(UsageError, match="per-example"):
+        DefenseMod(["dp:sigma=1,c=1"])
+
+
+# ---- transforms --------------------------------------------------------------------------------------------------
+
+def test_noise_has_the_right_std_and_is_seeded():
+    zeros = {"w": torch.zeros(200_000)}
+    noisy = add_noise(zeros, 0.3, torch.Generator().manual_seed(1))["w"]
+    assert abs(noisy.std().item() - 0.3) < 0.003 and abs(noisy.mean().item()) < 0.003
+    assert torch.count_nonzero(zeros["w"]) == 0  # input left alone
+    again = defend_update(["noise:sigma=0.3"], zeros, generator=1)["w"]
+    assert torch.equal(noisy, again)
+    assert not torch.equal(again, defend_update(["noise:sigma=0.3"], zeros, generator=2)["w"])
+    assert torch.equal(defend_update(["noise:sigma=1"], _update(), generator=3)["ids"], torch.arange(7))
+
+
+def test_clipping_bounds_the_norm_and_leaves_small_updates_alone():
+    big = _update()
+    norm = global_norm(big).item()
+    assert norm > 10
+    clipped = clip_update(big, 2.0)
+    assert global_norm(clipped).item() == pytest.approx(2.0, rel=1e-5)
+    assert torch.allclose(clipped["a"] * norm / 2.0, big["a"], atol=1e-5)  # direction kept
+    small = clip_update(big, 2 * norm)
+    assert all(torch.equal(small[k], big[k]) for k in big)
+
+
+def test_pruning_zeroes_exactly_the_smallest_fraction():
+    update = _update()
+    n = update["a"].numel() + update["b"].numel()
+    pruned = prune_update(update, 0.3)
+    flat_before = torch.cat([update["a"].flatten(), update["b"].flatten()])
+    flat_after = torch.cat([pruned["a"].flatten(), pruned["b"].flatten()])
+    dropped = flat_after == 0
+    assert int(dropped.sum()) == int(0.3 * n)
+    assert flat_before[dropped].abs().max() <= flat_before[~dropped].abs().min()
+    assert torch.equal(flat_after[~dropped], flat_before[~dropped])
+    ties = {"w": torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0])}  # ties: count stays exact
+    assert int((prune_update(ties, 0.6)["w"] == 0).sum()) == 6
+    assert torch.equal(prune_update(update, 0.0)["a"], update["a"])
+
+
+# ---- gradient functions and DP-SGD -------------------------------------------------------------------------------
+
+def test_no_defense_is_plain_batch_gradients(model, batch):
+    assert build_gradient_fn([]) is batch_gradients and build_gradient_fn(["none"]) is batch_gradients
+    plain = batch_gradients(model, batch)
+    clipped = build_gradient_fn(["clip:c=0.01"])(model, batch)
+    assert global_norm(clipped).item() == pytest.approx(0.01, rel=1e-5)
+    assert all(torch.allclose(clipped[k], v * 0.01 / global_norm(plain), atol=1e-7) for k, v in plain.items())
+    fn = build_gradient_fn(["noise:sigma=0.1"], generator=7)
+    first, second = fn(model, batch), fn(model, batch)
+    assert not torch.equal(first["classifier.weight"], second["classifier.weight"])  # fresh noise each step
+    assert torch.equal(first["classifier.weight"], build_gradient_fn(["noise:sigma=0.1"], generator=7)(model, batch)
+                       ["classifier.weight"])
+
+
+def _slow_dp_reference(model, batch, c: float) -> dict[str, torch.Tensor]:
+    """A Python loop over examples: each one's gradient, clipped to c, summed, divided by B."""
+    size = batch["labels"].shape[0]
+    total: dict[str, torch.Tensor] = {}
+    for i in range(size):
+        g = batch_gradients(model, {k: v[i:i + 1] for k, v in batch.items()})
+        factor = min(1.0, c / global_norm(g).item())
+        for k, v in g.items():
+            total[k] = total.get(k, 0) + v * factor
+    return {k: v / size for k, v in total.items()}
+
+
+def test_dp_sgd_per_example_clipping_matches_a_slow_loop(model, batch):
+    per_example = per_example_gradients(model, batch)
+    norms = torch.linalg.vector_norm(torch.stack([g.flatten(1).norm(dim=1) for g in per_example.values()]), dim=0)
+    c = float(norms.median())  # some examples clipped, some not
+    assert (norms > c).any() and (norms < c).any()
+    mean = batch_gradients(model, batch)
+    assert all(torch.allclose(per_example[k].mean(0), mean[k], atol=1e-6) for k in mean)
+    reference = _slow_dp_reference(model, batch, c)
+    for chunk in (None, 2):  # vectorised in one go, and in chunks of 2 examples
+        fast = build_gradient_fn([f"dp:sigma=0,c={c!r}"], max_chunk=chunk)(model, batch)
+        assert fast.keys() == reference.keys()
+        assert all(torch.allclose(fast[k], reference[k], atol=1e-6) for k in reference)
+
+
+def test_dp_sgd_noise_is_sigma_c_over_batch(model, batch):
+    sigma, c, size = 2.0, 0.5, len(TEXTS)
+    clean = build_gradient_fn([f"dp:sigma=0,c={c}"])(model, batch)
+    noisy = build_gradient_fn([f"dp:sigma={sigma},c={c}"], generator=0)(model, batch)
+    diff = torch.cat([(noisy[k] - clean[k]).flatten() for k in clean])
+    assert diff.std().item() == pytest.approx(sigma * c / size, rel=0.01)
+
+
+# ---- accounting --------------------------------------------------------------------------------------------------
+
+def _dp_accounting(sigma: float, q: float, steps: int, delta: float, accountant) -> float:
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    return accountant.get_epsilon(delta)
+
+
+def test_dp_epsilon_equals_dp_accounting():
+    eps, why = compute_epsilon(["dp:sigma=1,c=1"], batch_size=10, shard_size=1000, steps=1000)  # q = 0.01
+    assert eps == pytest.approx(2.101, abs=1e-3)
+    assert eps == pytest.approx(_dp_accounting(1.0, 0.01, 1000, 1e-5, rdp.RdpAccountant()), rel=1e-9)
+    assert "example" in why and "0.01" in why
+    eps_pld, _ = compute_epsilon(["dp:sigma=1,c=1"], 10, 1000, 1000, method="pld")
+    assert eps_pld == pytest.approx(1.828, abs=2e-3)
+    assert eps_pld == pytest.approx(_dp_accounting(1.0, 0.01, 1000, 1e-5, pld.PLDAccountant()), rel=1e-9)
+    eps2, _ = compute_epsilon(["dp:sigma=1.5,c=3", "prune:p=0.5"], 32, 640, 200, delta=1e-6)  # q = 0.05
+    assert eps2 == pytest.approx(_dp_accounting(1.5, 0.05, 200, 1e-6, rdp.RdpAccountant()), rel=1e-9)
+
+
+def test_accountant_composes_steps_like_one_event():
+    acc = Accountant()
+    assert acc.get_epsilon(1e-5) == 0
+    acc.step(1.0, 0.01, num_steps=400)
+    acc.step(1.0, 0.01, num_steps=600)
+    assert acc.get_epsilon(1e-5) == pytest.approx(2.101, abs=1e-3)
+
+
+def test_update_level_epsilon_is_noise_over_clip():
+    m = mechanism(["clip:c=2", "noise:sigma=3"], batch_size=8, shard_size=100)
+    assert m.noise_multiplier == pytest.approx(1.5) and m.sample_rate == 1 and m.unit == "update"
+    eps, _ = compute_epsilon(["clip:c=2", "noise:sigma=3"], 8, 100, steps=5)
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.GaussianDpEvent(1.5), 5)
+    assert eps == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    single, _ = single_release_epsilon(["clip:c=1", "prune:p=0.5", "noise:sigma=1"])  # NOTES: 4.38
+    assert single == pytest.approx(dp_accounting.get_epsilon_gaussian(1.0, 1e-5)) and single == pytest.approx(4.38, abs=0.01)
+    privacy = ClientPrivacy(["clip:c=2", "noise:sigma=3"], 8, 100)
+    per_round = [privacy.record(1) for _ in range(5)]
+    assert per_round == sorted(per_round) and per_round[-1] == pytest.approx(eps, rel=1e-9)
+
+
+@pytest.mark.parametrize("specs, why", [
+    (["noise:sigma=10"], "unbounded"), (["noise:sigma=1", "clip:c=1"], "unbounded"), ([], "no defense"),
+    (["clip:c=1"], "no noise"), (["prune:p=0.9"], "no noise"), (["dp:sigma=0,c=1"], "no noise"),
+])
+def test_no_finite_epsilon_without_bounded_noise(specs, why):
+    eps, explanation = compute_epsilon(specs, 4, 100, steps=3)
+    assert math.isinf(eps) and why in explanation and "\n" not in explanation
+    assert math.isinf(single_release_epsilon(specs)[0])
+    privacy = ClientPrivacy(specs, 4, 100)
+    assert math.isinf(privacy.record(1)) and why in privacy.explanation
+
+
+# ---- the Flower mod ----------------------------------------------------------------------------------------------
+
+def _train_message(arrays: dict[str, np.ndarray], message_type: str = "train", server_round: int = 1):
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=9, reply_to_message_id="", group_id="1",
+                        created_at=time.time(), ttl=3600, message_type=message_type)
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                          "config": ConfigRecord({"server-round": server_round})})
+    return Message(content, metadata=metadata)
+
+
+def _client(delta: dict[str, np.ndarray]):
+    """A client function that adds ``delta`` to the weights it receives."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    def train(msg, context):
+        received = msg.content["arrays"]
+        arrays = {k: Array(a.numpy() + delta[k]) if k in delta else a for k, a in received.items()}
+        return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 4})}),
+                       reply_to=msg)
+    return train
+
+
+def test_mod_defends_the_update_relative_to_the_sent_arrays():
+    from flwr.app import Context, RecordDict
+    context = Context(run_id=1, node_id=9, node_config={"partition-id": 3}, state=RecordDict(), run_config={})
+    weights = {"w": np.ones((50, 4), np.float32), "ids": np.arange(5)}
+    delta = {"w": np.full((50, 4), -0.5, np.float32)}  # norm 0.5 * sqrt(200) ~ 7.07
+    out = DefenseMod(["clip:c=1"])(_train_message(weights), context, _client(delta))
+    new = out.content["arrays"]
+    assert np.linalg.norm(new["w"].numpy() - weights["w"]) == pytest.approx(1.0, rel=1e-5)
+    assert np.array_equal(new["ids"].numpy(), weights["ids"])
+    # gradient units: lr = 0.5 makes the update a gradient of 1 per entry (norm sqrt(200)), clipped to 1 then * lr
+    out = DefenseMod(["clip:c=1"], lr=0.5)(_train_message(weights), context, _client(delta))
+    assert np.linalg.norm(out.content["arrays"]["w"].numpy() - weights["w"]) == pytest.approx(0.5, rel=1e-5)
+    # seeded noise: same (seed, partition, round) gives the same reply; another round differs
+    noisy = [DefenseMod(["noise:sigma=0.1"], seed=5)(_train_message(weights, server_round=r), context,
+                                                    _client(delta)).content["arrays"]["w"].numpy() for r in (1, 1, 2)]
+    assert np.array_equal(noisy[0], noisy[1]) and not np.array_equal(noisy[0], noisy[2])
+    assert np.std(noisy[0] - weights["w"] - delta["w"]) == pytest.approx(0.1, rel=0.15)
+    # evaluate messages pass untouched
+    out = DefenseMod(["noise:sigma=10"])(_train_message(weights, "evaluate"), context, _client(delta))
+    assert np.array_equal(out.content["arrays"]["w"].numpy(), weights["w"] + delta["w"])
