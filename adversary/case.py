@@ -7,6 +7,7 @@ the client really used; it travels on a separate channel and is read only by the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -19,6 +20,8 @@ class Observation:
     ``gradients`` maps parameter names (as in ``model.named_parameters()``) to the gradient of the batch's mean
     loss. ``seq_lengths`` (tokens per sequence, special tokens included) is a public fact in the TAG threat model;
     ``None`` means the attack must infer lengths from the gradient itself (as a federated server must).
+    ``segment_ids`` (optional) tells where the first segment of a sentence pair ends; without it every sequence
+    is treated as a single sentence.
     """
 
     model: PreTrainedModel
@@ -27,6 +30,7 @@ class Observation:
     tokenizer: PreTrainedTokenizerBase
     seq_lengths: list[int] | None = None
     num_labels: int = 2
+    segment_ids: list[list[int]] | None = None  # token type ids per sequence: the pair layout, public with lengths
 
 
 @dataclass
@@ -51,3 +55,34 @@ class Reconstruction:
     trajectory: list[list[list[int]]] = field(default_factory=list)
     loss_curve: list[float] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+
+
+GradientFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase, *,
+            gradient_fn: GradientFn | None = None,
+            public_lengths: bool = True) -> tuple[Observation, GroundTruth]:
+    """Split one client step into what the server sees and what stays private.
+
+    ``gradient_fn(model, batch) -> {name: grad}`` is what the client reveals: plain FedSGD by default, or a
+    client-side defense wrapped around it. ``public_lengths`` hands the attacker the sequence lengths and the
+    segment layout (the TAG threat model); without it the attack must read them from the gradient.
+    """
+    from fedsim.text import decode
+    from fedsim.train import batch_gradients
+
+    gradients = (gradient_fn or batch_gradients)(model, batch)
+    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+    lengths = [int(n) for n in mask.sum(1).tolist()]
+    token_ids = [batch["input_ids"][b, :n].tolist() for b, n in enumerate(lengths)]
+    segments = None
+    if public_lengths and "token_type_ids" in batch:
+        segments = [batch["token_type_ids"][b, :n].tolist() for b, n in enumerate(lengths)]
+    observation = Observation(model=model, gradients={k: v.detach() for k, v in gradients.items()},
+                              batch_size=len(lengths), tokenizer=tokenizer,
+                              seq_lengths=lengths if public_lengths else None,
+                              num_labels=int(getattr(model.config, "num_labels", 2)), segment_ids=segments)
+    truth = GroundTruth(texts=[decode(tokenizer, ids) for ids in token_ids], token_ids=token_ids,
+                        labels=[int(y) for y in batch["labels"].tolist()])
+    return observation, truth

@@ -1,0 +1,145 @@
+"""The dummy batch: which positions are public facts, how the free ones start, how they become tokens again.
+
+The attack optimises continuous word embeddings (the input of BERT's embedding layer, before position and segment
+embeddings are added). [CLS] at the start, [SEP] at each segment's end, [PAD] after the end and the segment ids are
+fixed by the tokenizer's format once the lengths are known, so only the content positions are free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedsim.errors import UsageError, parse_float, parse_spec
+
+INIT_ACCEPTED = "normal (std of the word embeddings), normal:STD, uniform:RANGE, constant:VALUE"
+
+
+@dataclass
+class Layout:
+    """Fixed and free positions of a dummy batch of ``B`` sequences padded to ``L`` tokens."""
+
+    fixed_ids: torch.Tensor  # (B, L) token ids at fixed positions, [PAD] elsewhere
+    free: torch.Tensor  # (B, L) bool, True where the attack optimises the embedding
+    attention_mask: torch.Tensor  # (B, L)
+    token_type_ids: torch.Tensor  # (B, L)
+    lengths: list[int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.fixed_ids.shape)  # type: ignore[return-value]
+
+    def compose(self, dummy: torch.Tensor, fixed_embeds: torch.Tensor) -> torch.Tensor:
+        """Model input: dummy embeddings at free positions, the true special-token embeddings elsewhere."""
+        return torch.where(self.free.unsqueeze(-1), dummy, fixed_embeds)
+
+    def token_ids(self, free_ids: torch.Tensor) -> list[list[int]]:
+        """Full id sequences (special tokens included, padding cut) from ids decoded at every position."""
+        ids = torch.where(self.free, free_ids, self.fixed_ids)
+        return [ids[b, :n].tolist() for b, n in enumerate(self.lengths)]
+
+
+def build_layout(tokenizer: PreTrainedTokenizerBase, lengths: Sequence[int],
+                 segments: Sequence[Sequence[int]] | None = None) -> Layout:
+    """The BERT input format for sequences of the given lengths (special tokens included).
+
+    ``segments`` (token type ids per sequence) places the middle [SEP] of sentence pairs; without it every sequence
+    is a single sentence: [CLS] x ... x [SEP].
+    """
+    if not lengths or min(lengths) < 2:
+        raise UsageError(f"every sequence needs at least 2 tokens ([CLS] and [SEP]), got lengths {list(lengths)}")
+    cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    if None in (cls_id, sep_id, pad_id):
+        raise UsageError("the tokenizer has no [CLS]/[SEP]/[PAD] tokens; the attack needs a BERT-style format")
+    bsz, width = len(lengths), max(lengths)
+    fixed = torch.full((bsz, width), pad_id, dtype=torch.long)
+    free = torch.zeros((bsz, width), dtype=torch.bool)
+    mask = torch.zeros((bsz, width), dtype=torch.long)
+    types = torch.zeros((bsz, width), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+        free[b, 1:n - 1] = True
+        fixed[b, 0], fixed[b, n - 1] = cls_id, sep_id
+        if segments is not None:
+            seg = torch.as_tensor(list(segments[b])[:n], dtype=torch.long)
+            types[b, :len(seg)] = seg
+            switch = (seg[1:] != seg[:-1]).nonzero().flatten()
+            for pos in switch.tolist():  # last token of each segment but the final one is a [SEP]
+                fixed[b, pos], free[b, pos] = sep_id, False
+    return Layout(fixed, free, mask, types, list(lengths))
+
+
+def allowed_tokens(tokenizer: PreTrainedTokenizerBase, embedding: torch.Tensor) -> torch.Tensor:
+    """Tokens a content position can hold: not special, not [unusedN], and with a non-zero embedding.
+
+    A zero row (BERT's [PAD] under random init) has no direction; dividing by its norm gives NaN everywhere.
+    """
+    vocab = embedding.shape[0]
+    allowed = embedding.detach().norm(dim=1) > 0
+    special = [i for i in tokenizer.all_special_ids if i is not None and i < vocab]
+    allowed[special] = False
+    for token, idx in tokenizer.get_vocab().items():
+        if idx < vocab and token.startswith("[unused"):
+            allowed[idx] = False
+    if not allowed.any():
+        raise UsageError("no usable token embeddings: every candidate row of the word-embedding matrix is zero")
+    return allowed
+
+
+class Decoder:
+    """Continuous embeddings -> token ids by the nearest word embedding (cosine, or Euclidean with ``l2``)."""
+
+    def __init__(self, embedding: torch.Tensor, allowed: torch.Tensor, metric: str = "cos") -> None:
+        if metric not in ("cos", "l2"):
+            raise ValueError(f"unknown decoding metric {metric!r}; accepted: cos, l2")
+        weight = embedding.detach()
+        self.metric = metric
+        if metric == "cos":
+            self.matrix = weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.offset = torch.zeros(weight.shape[0], dtype=weight.dtype)
+        else:  # argmin |x - w|^2 = argmax (2 x.w - |w|^2)
+            self.matrix = 2 * weight
+            self.offset = -weight.square().sum(1)
+        self.offset = self.offset.masked_fill(~allowed, float("-inf"))
+
+    @torch.no_grad()
+    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+        flat = embeds.detach().reshape(-1, embeds.shape[-1])
+        scores = flat @ self.matrix.T + self.offset
+        return scores.argmax(-1).reshape(embeds.shape[:-1])
+
+
+def parse_dummy_init(spec: str) -> tuple[str, float | None]:
+    """``normal`` (scale taken from the word embeddings), ``normal:STD``, ``uniform:R`` or ``constant:V``."""
+    kind, value = parse_spec(spec, "dummy init", INIT_ACCEPTED)
+    if kind == "normal" and value is None:
+        return kind, None
+    if kind in ("normal", "uniform", "constant") and value is not None:
+        number = parse_float(value, "dummy init", spec, INIT_ACCEPTED)
+        if kind != "constant" and not number > 0:
+            raise UsageError(f"bad dummy init {spec!r}: the scale must be positive; accepted: {INIT_ACCEPTED}")
+        return kind, number
+    raise UsageError(f"unknown dummy init {spec!r}; accepted: {INIT_ACCEPTED}")
+
+
+def init_dummy(spec: str, shape: tuple[int, ...], embedding: torch.Tensor, allowed: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+    """Starting point of the dummy embeddings. Plain ``normal`` matches the scale of real token embeddings,
+    which NOTES found to matter more than anything else for TAG."""
+    kind, value = parse_dummy_init(spec)
+    dtype = embedding.dtype
+    if kind == "constant":
+        return torch.full(shape, float(value), dtype=dtype)
+    if kind == "uniform":
+        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * value
+    std = value if value is not None else float(embedding.detach()[allowed].std())
+    return torch.randn(shape, generator=generator, dtype=dtype) * std
+
+
+def embedding_range(embedding: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension [min, max] over real token embeddings: TAG keeps the dummy inside it after each step."""
+    rows = embedding.detach()[allowed]
+    return rows.min(0).values, rows.max(0).values

@@ -1,0 +1,281 @@
+"""LAMP (Balunović et al., NeurIPS 2022) as a configuration of the gradient-matching engine plus one hook.
+
+What LAMP adds to TAG, each piece here:
+
+- **Distance**: the cosine between the dummy's and the observed gradient *per tensor*, averaged over tensors
+  (LAMP_cos; every layer counts the same, where a global cosine is dominated by the largest tensors), or
+  ``l1l2`` (LAMP_L1L2: squared L2 plus a small L1 term), or the sum of both (``cos+l1l2``).
+- **Embedding-norm prior**: ``norm_weight * (mean_i ||e_i|| / target - 1)^2`` over the free positions, the target
+  being the mean norm of the real embeddings the answer can use (LAMP's ``(mean ||x|| - 1.4)^2`` made scale-free:
+  random-init models have norms near 0.35, not BERT's 1.4).
+- **Vocabulary**: decoding restricted to :func:`adversary.token_set.token_set` when that set is informative (it
+  is the whole vocabulary under noise; then nothing is restricted).
+- **Initialisation**: the best (lowest distance) of ``init_candidates`` random starts, then of as many random
+  orders of it, as LAMP does.
+- **Discrete moves**: every ``discrete_every`` steps after a burn-in, ``candidates`` random reorderings of the
+  decoded tokens of each sequence (swap two tokens, move a token, move a span, put a prefix at the end), each
+  scored by the gradient distance of its *decoded* tokens (real embeddings), the best kept when it beats the
+  current decoding; the continuous dummy is then permuted the same way, so the optimisation continues from it.
+- LAMP's GPT-2 prior is left out: no language model is available offline here.
+
+``iterations`` counts continuous steps; the discrete moves come on top (``info["discrete_evaluations"]``, each
+one forward/backward without a second-order graph, about a third of a step's cost).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from adversary.case import Observation, Reconstruction
+from adversary.dummy import Decoder
+from adversary.engine import GradientMatcher, Hook, MatchConfig, attack_mode
+from adversary.objectives import Distance, GradientTarget, tag_distance
+from adversary.optim import OptimizerSpec
+from adversary.registry import register
+from adversary.token_set import token_set
+from fedsim.errors import UsageError
+
+DISTANCES = ("cos", "l1l2", "cos+l1l2")
+MOVES = ("swap", "move", "span", "prefix")
+
+
+class LayerCosine:
+    """Mean over tensors of 1 - cos(g'_i, g_i) (LAMP's ``grad_dist`` with ``--loss cos``).
+
+    ``keep`` (bool per tensor) leaves out tensors whose gradient is zero by construction (BERT's attention key
+    biases: adding a constant to every key of a query changes no softmax), whose float32 residue would otherwise
+    add a large, meaningless cosine. Written as (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|), d = a - b: foreach norms
+    only, and no cancellation when the two gradients are close."""
+
+    def __init__(self) -> None:
+        self.keep: torch.Tensor | None = None
+
+    def __call__(self, dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
+        dummy_grads = list(dummy_grads)
+        norm_t = target._cache.get("norms")
+        if norm_t is None:
+            norm_t = torch.stack(torch._foreach_norm(target.tensors, 2))
+            target._cache["norms"] = norm_t
+        norm_d = torch.stack(torch._foreach_norm(dummy_grads, 2))
+        diff = torch.stack(torch._foreach_norm(torch._foreach_sub(dummy_grads, target.tensors), 2))
+        per_tensor = (diff.square() - (norm_d - norm_t).square()) / (2 * norm_d * norm_t).clamp_min(1e-30)
+        return per_tensor[self.keep].mean() if self.keep is not None else per_tensor.mean()
+
+
+def structural_zeros(matcher: GradientMatcher, rel: float = 1e-5) -> torch.Tensor:
+    """Tensors whose gradient at the starting dummy is below ``rel`` x the median tensor norm: zero by the
+    architecture, not by the data (read from the model, so noise on the observed gradient does not hide them)."""
+    with torch.enable_grad():
+        embeds = matcher.model_inputs(matcher.state.dummy.detach())
+        logits = matcher.model(inputs_embeds=embeds, attention_mask=matcher.layout.attention_mask,
+                               token_type_ids=matcher.layout.token_type_ids).logits
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+        grads = torch.autograd.grad(loss, matcher.params)
+    norms = torch.stack([g.detach().norm() for g in grads])
+    return norms < rel * norms.median()
+
+
+def lamp_distance(kind: str, l1_weight: float = 1e-3) -> Distance:
+    """``cos`` (LAMP_cos), ``l1l2`` (LAMP_L1L2: L2^2 + ``l1_weight`` * L1, flat over layers), or their sum."""
+    if kind not in DISTANCES:
+        raise UsageError(f"unknown lamp distance {kind!r}; accepted: {', '.join(DISTANCES)}")
+    l1l2, cosine = tag_distance(l1_weight, "flat"), LayerCosine()
+    if kind == "cos":
+        return cosine
+    if kind == "l1l2":
+        return l1l2
+    combined = lambda grads, target: cosine(grads, target) + l1l2(grads, target)  # noqa: E731
+    combined.cosine = cosine  # type: ignore[attr-defined]
+    return combined
+
+
+class NormPrior:
+    """``weight * (mean norm of the free dummy embeddings / target - 1)^2``; ``active`` is switched off while
+    discrete candidates are scored, so that they are judged by the gradient distance alone."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight, self.target, self.free, self.active = weight, 1.0, None, True
+
+    def __call__(self, embeds: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if not self.active or self.free is None or self.weight == 0:
+            return embeds.new_zeros(())
+        norms = embeds[self.free].norm(dim=-1)
+        return self.weight * (norms.mean() / self.target - 1).square()
+
+
+def propose(n: int, kind: str, rng: random.Random) -> list[int]:
+    """A reordering of ``n`` free positions: new[k] = old[order[k]] (LAMP's four moves)."""
+    order = list(range(n))
+    if kind == "swap":
+        i, j = rng.sample(range(n), 2)
+        order[i], order[j] = order[j], order[i]
+    elif kind == "move":
+        i = rng.randrange(n)
+        rest = order[:i] + order[i + 1:]
+        j = rng.randrange(n)
+        order = rest[:j] + [i] + rest[j:]
+    elif kind == "span":
+        b, e = sorted(rng.sample(range(n + 1), 2))
+        piece, rest = order[b:e], order[:b] + order[e:]
+        p = rng.randrange(len(rest) + 1)
+        order = rest[:p] + piece + rest[p:]
+    elif kind == "prefix":
+        i = rng.randrange(1, n)
+        order = order[i:] + order[:i]
+    return order
+
+
+class DiscreteMoves:
+    """The hook: LAMP's discrete step every ``every`` iterations from ``start`` on (and at the last one)."""
+
+    def __init__(self, every: int, candidates: int, start: int, last: int, prior: NormPrior, seed: int,
+                 kinds: Sequence[str] = MOVES) -> None:
+        bad = [k for k in kinds if k not in MOVES]
+        if bad or not kinds:
+            raise UsageError(f"unknown discrete moves {bad or kinds}; accepted: {', '.join(MOVES)}")
+        self.every, self.candidates, self.start, self.last = every, candidates, start, last
+        self.prior, self.kinds, self.rng = prior, tuple(kinds), random.Random(seed)
+        self.steps = self.accepted = self.evaluations = 0
+
+    def __call__(self, matcher: GradientMatcher, iteration: int) -> None:
+        if self.every > 0 and iteration >= self.start and (iteration % self.every == 0 or iteration == self.last):
+            self.step(matcher)
+
+    def score(self, matcher: GradientMatcher, ids: torch.Tensor) -> float:
+        """Gradient distance of decoded ids (B, L) placed as real embeddings at the free positions."""
+        self.evaluations += 1
+        self.prior.active = False
+        try:
+            return float(matcher.distance(matcher.embedding.detach()[ids], create_graph=False).detach())
+        finally:
+            self.prior.active = True
+
+    def step(self, matcher: GradientMatcher) -> bool:
+        """Try reorderings of each sequence in turn; keep the best one that lowers the distance."""
+        self.steps += 1
+        changed = False
+        ids = matcher.decoder(matcher.state.dummy)
+        current = self.score(matcher, ids)
+        for b in range(ids.shape[0]):
+            positions = matcher.layout.free[b].nonzero().flatten()
+            n = positions.numel()
+            if n < 2:
+                continue
+            seen = {tuple(ids[b, positions].tolist())}
+            best, best_order = current, None
+            for k in range(self.candidates):
+                order = propose(n, self.kinds[k % len(self.kinds)], self.rng)
+                candidate = ids.clone()
+                candidate[b, positions] = ids[b, positions[order]]
+                key = tuple(candidate[b, positions].tolist())
+                if key in seen:  # same tokens in the same order (a repeated token, or a no-op move)
+                    continue
+                seen.add(key)
+                value = self.score(matcher, candidate)
+                if value < best:
+                    best, best_order = value, order
+            if best_order is not None:
+                with torch.no_grad():
+                    dummy = matcher.state.dummy
+                    dummy[b, positions] = dummy[b, positions[best_order]].clone()
+                ids[b, positions] = ids[b, positions[best_order]].clone()
+                current, changed = best, True
+                self.accepted += 1
+        return changed
+
+
+def restrict_vocabulary(matcher: GradientMatcher, observation: Observation) -> int:
+    """Decode only into the batch's tokens when the embedding gradient tells them; returns the allowed count."""
+    tokens = token_set(observation)
+    allowed = matcher.allowed
+    if tokens.numel() < allowed.numel():
+        mask = torch.zeros_like(allowed)
+        mask[tokens] = True
+        if bool((allowed & mask).any()):
+            allowed = allowed & mask
+            matcher.allowed = allowed
+            matcher.decoder = Decoder(matcher.embedding, allowed, matcher.config.decode)
+    return int(allowed.sum())
+
+
+@torch.no_grad()
+def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> float:
+    """LAMP's initialisation: the best of ``tries`` random starts, then of ``tries`` random orders of it, each
+    rescaled to the target norm per position. Returns the chosen start's distance."""
+    dummy, free = matcher.state.dummy, matcher.layout.free
+    std = float(dummy.detach().std()) or 1.0
+
+    def rescale(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target_norm
+
+    def value(x: torch.Tensor) -> float:
+        with torch.enable_grad():
+            return float(matcher.distance(x, create_graph=False))
+
+    best = rescale(dummy.detach().clone())
+    best_value = value(best)
+    for _ in range(max(tries - 1, 0)):
+        x = rescale(torch.randn(dummy.shape, generator=matcher.generator, dtype=dummy.dtype) * std)
+        if (v := value(x)) < best_value:
+            best, best_value = x, v
+    for _ in range(max(tries - 1, 0)):
+        x = best.clone()
+        for b in range(x.shape[0]):
+            pos = free[b].nonzero().flatten()
+            x[b, pos] = best[b, pos[torch.randperm(pos.numel(), generator=matcher.generator)]]
+        if (v := value(x)) < best_value:
+            best, best_value = x, v
+    dummy.copy_(best)
+    return best_value
+
+
+@register("lamp")
+def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr: float = 0.01,
+         distance: str = "cos", l1_weight: float = 1e-3, norm_weight: float = 1.0, restrict: bool = True,
+         init: str = "normal", init_candidates: int = 20, discrete_every: int = 50, candidates: int = 40,
+         burn_in: float = 0.1, moves: Sequence[str] = MOVES, labels: str = "analytic", record_every: int = 10,
+         hooks: tuple[Hook, ...] = ()) -> Reconstruction:
+    """LAMP (module doc). ``lr``: Adam step size, decayed linearly to 0; ``discrete_every`` 0 turns the discrete
+    moves off; ``burn_in``: share of the iterations before the first discrete step; ``labels`` as in the engine
+    (``analytic``: fixed from the classifier's bias gradient, as LAMP assumes known labels)."""
+    if candidates < 0 or discrete_every < 0 or init_candidates < 1:
+        raise UsageError("lamp: candidates and discrete_every must be >= 0, init_candidates >= 1")
+    prior = NormPrior(norm_weight)
+    config = MatchConfig(distance=lamp_distance(distance, l1_weight), init=init, labels=labels, clamp=False,
+                         optimizer=OptimizerSpec("adam", lr=lr, warmup=0.0, decay="linear"), decode="cos",
+                         keep="last", record_every=record_every, regularizer=prior)
+    matcher = GradientMatcher(observation, config, seed)
+    usable = int(matcher.allowed.sum())
+    vocabulary = restrict_vocabulary(matcher, observation) if restrict else usable
+    prior.free = matcher.layout.free
+    prior.target = float(matcher.embedding.detach()[matcher.allowed].norm(dim=1).mean())
+    cosine = getattr(config.distance, "cosine", config.distance)
+    with attack_mode(matcher.model):
+        if isinstance(cosine, LayerCosine):
+            cosine.keep = ~structural_zeros(matcher)
+        start_distance = choose_start(matcher, init_candidates, prior.target)
+    discrete = DiscreteMoves(discrete_every, candidates, start=max(1, int(burn_in * iterations)), last=iterations,
+                             prior=prior, seed=seed, kinds=moves)
+    rec = matcher.run(iterations, hooks=(discrete, *hooks))
+    rec.info.update(method="lamp", distance=distance, vocabulary_size=vocabulary,
+                    vocabulary_restricted=vocabulary < usable,
+                    start_distance=start_distance, discrete_steps=discrete.steps,
+                    discrete_accepted=discrete.accepted, discrete_evaluations=discrete.evaluations,
+                    decoded_distance=_decoded_distance(matcher, discrete, rec.token_ids),
+                    language_model_prior=False)
+    return rec
+
+
+def _decoded_distance(matcher: GradientMatcher, discrete: DiscreteMoves, token_ids: list[list[int]]) -> float:
+    """The lamp distance of the final decoded tokens (what the answer is, not the continuous dummy)."""
+    bsz, width = matcher.layout.shape
+    ids = torch.full((bsz, width), matcher.observation.tokenizer.pad_token_id or 0, dtype=torch.long)
+    for b, seq in enumerate(token_ids):
+        ids[b, : len(seq)] = torch.tensor(seq)
+    with attack_mode(matcher.model):
+        value = discrete.score(matcher, ids)
+    discrete.evaluations -= 1  # a report, not part of the search
+    return value

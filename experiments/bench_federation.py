@@ -1,0 +1,87 @@
+"""What the curious server costs the federation: the same small federation with the attack off and on.
+
+With the attack on, reconstruction jobs run in a Ray actor beside the clients, so a round does not wait for them;
+on a small CPU machine they still compete for the cores. Round wall time is measured by the ServerApp from one
+global evaluation to the next (training, aggregation, submitting the jobs and evaluation). Round 1 also starts
+Ray's client workers, so the headline numbers are the mean over rounds 2..R ("steady"); round 1 is reported apart.
+Prints one line per run on stderr and, last on stdout, one JSON object with ``round_seconds_off``,
+``round_seconds_on`` and ``ratio`` (on / off).
+
+    python experiments/bench_federation.py                  # the `fedleak simulate` default, attack off vs on
+    python experiments/bench_federation.py --model tiny --init uniform:0.1 --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from fedsim.task import Settings
+
+    d = Settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=d.model)
+    parser.add_argument("--init", default=d.init)
+    parser.add_argument("--dataset", default=d.dataset)
+    parser.add_argument("--clients", type=int, default=d.clients)
+    parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--attack", default=d.attack, choices=("tag", "dlg"))
+    parser.add_argument("--attack-iterations", type=int, default=d.attack_iterations)
+    parser.add_argument("--attack-backend", default=d.attack_backend, choices=("ray", "inline"))
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", default=None, help="keep both runs' files here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    from fedsim import simulate
+    from fedsim.cli import _quiet_libraries
+    from fedsim.io import read_jsonl
+
+    _quiet_libraries()
+    root = args.out or tempfile.mkdtemp(prefix="bench_federation_")
+    runs = {}
+    for label, attack in (("off", "none"), ("on", args.attack)):
+        settings = Settings(model=args.model, init=args.init, dataset=args.dataset, clients=args.clients,
+                            rounds=args.rounds, batch_size=args.batch_size, attack=attack,
+                            attack_iterations=args.attack_iterations, attack_backend=args.attack_backend,
+                            seed=args.seed, out=os.path.join(root, f"attack_{label}"))
+        start = time.perf_counter()
+        summary = simulate.run(settings, echo=lambda line: None)
+        seconds = [r["seconds"] for r in read_jsonl(os.path.join(settings.out, "rounds.jsonl"))]
+        runs[label] = {"summary": summary, "wall": time.perf_counter() - start, "first": seconds[0],
+                       "steady": _mean(seconds[1:]) if len(seconds) > 1 else seconds[0]}
+        print(f"attack {label:3s}: round 1 {seconds[0]:.1f} s, later rounds {runs[label]['steady']:.2f} s, "
+              f"{runs[label]['wall']:.0f} s in all (status {summary['status']})", file=sys.stderr, flush=True)
+
+    off, on = runs["off"], runs["on"]
+    result = {
+        "model": args.model, "init": args.init, "dataset": args.dataset, "clients": args.clients,
+        "rounds": args.rounds, "batch_size": args.batch_size, "attack": args.attack,
+        "attack_iterations": args.attack_iterations, "attack_backend": args.attack_backend, "cpus": os.cpu_count(),
+        "round_seconds_off": off["steady"], "round_seconds_on": on["steady"], "ratio": on["steady"] / off["steady"],
+        "first_round_seconds_off": off["first"], "first_round_seconds_on": on["first"],
+        "wall_seconds_off": off["wall"], "wall_seconds_on": on["wall"],
+        "attack_seconds_per_job": on["summary"]["attack_seconds"], "attacks_scored": on["summary"]["attacks"]["scored"],
+        "attack_errors": on["summary"]["attacks"]["errors"], "rouge1": on["summary"]["rouge1"],
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

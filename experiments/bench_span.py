@@ -1,0 +1,101 @@
+"""Measure the `span` attack: ROUGE, exact match and time per sentence on GLUE sentences.
+
+    python experiments/bench_span.py --model tinybert4 --init normal:0.02 --batch-size 1 --sentences 20
+
+Sentences are drawn at random (``--seed``) from the split; each batch is one FedSGD gradient of the model at its
+initial weights. The last line printed is one JSON object with the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+
+import torch
+
+from adversary.case import GroundTruth, Observation
+from adversary.registry import get_attack
+from fedsim.data import load_task
+from fedsim.models import build_model
+from fedsim.text import decode, load_tokenizer, make_batch
+from fedsim.train import batch_gradients
+
+
+def score(reconstruction, truth: GroundTruth) -> dict:
+    """adversary.metrics.score when present (pairs references with reconstructions), else plain rouge-score."""
+    try:
+        from adversary.metrics import score as metrics_score
+        result = metrics_score(reconstruction, truth)
+        pairing = result["assignment"]
+    except ImportError:
+        from rouge_score.rouge_scorer import RougeScorer
+        scorer = RougeScorer(["rouge1", "rouge2", "rougeL"])
+        pairing = list(range(len(truth.texts)))
+        per = [scorer.score(r, reconstruction.texts[i] if i < len(reconstruction.texts) else "")
+               for r, i in zip(truth.texts, pairing)]
+        result = {k: sum(p[k].fmeasure for p in per) / len(per) for k in ("rouge1", "rouge2", "rougeL")}
+    exact = [j is not None and j < len(reconstruction.texts) and reconstruction.texts[j] == t
+             for t, j in zip(truth.texts, pairing)]
+    return {"rouge1": result["rouge1"], "rouge2": result["rouge2"], "rougeL": result["rougeL"],
+            "exact": sum(exact) / len(exact)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tinybert4")
+    ap.add_argument("--init", default="normal:0.02")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--sentences", type=int, default=20, help="sentences in all (rounded up to whole batches)")
+    ap.add_argument("--task", default="cola")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--data-dir", default="../shared/glue")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--public-lengths", action="store_true", help="give the attack the sequence lengths")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer()
+    data = load_task(args.task, args.split, data_dir=args.data_dir).dataset
+    model = build_model(args.model, args.init, num_labels=2, seed=args.seed)
+    attack = get_attack("span")
+    order = list(range(len(data)))
+    random.Random(args.seed).shuffle(order)
+    batches = -(-args.sentences // args.batch_size)
+    rows, total_seconds, passed = [], 0.0, 0
+    for b in range(batches):
+        picked = [data[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]]
+        batch = make_batch(tokenizer, [r["text"] for r in picked], [r["label"] for r in picked],
+                           max_length=args.max_length)
+        gradients = batch_gradients(model, batch)
+        lengths = [int(n) for n in batch["attention_mask"].sum(1)]
+        ids = [batch["input_ids"][i, :n].tolist() for i, n in enumerate(lengths)]
+        truth = GroundTruth([decode(tokenizer, q) for q in ids], ids, batch["labels"].tolist())
+        obs = Observation(model, gradients, len(picked), tokenizer,
+                          seq_lengths=lengths if args.public_lengths else None)
+        start = time.perf_counter()
+        rec = attack(obs, seed=args.seed)
+        seconds = time.perf_counter() - start
+        total_seconds += seconds
+        passed += bool(rec.info.get("span_check_passed"))
+        row = {**score(rec, truth), "seconds": seconds, "passed": rec.info.get("span_check_passed")}
+        rows.append(row)
+        print(json.dumps({"batch": b, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}),
+              flush=True)
+    n = len(rows)
+    summary = {"model": args.model, "init": args.init, "batch_size": args.batch_size, "batches": n,
+               "sentences": n * args.batch_size, "public_lengths": args.public_lengths,
+               **{k: sum(r[k] for r in rows) / n for k in ("rouge1", "rouge2", "rougeL")},
+               "exact_match": sum(r["exact"] for r in rows) / n,
+               "seconds_per_sentence": total_seconds / (n * args.batch_size),
+               "span_check_passed_rate": passed / n, "threads": args.threads,
+               "load_average_at_end": os.getloadavg()[0]}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

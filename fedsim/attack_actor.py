@@ -1,0 +1,214 @@
+"""Where reconstruction jobs run: a Ray actor next to the federation (GPU when visible), or inline.
+
+A job is attack-then-score: ``adversary.run_attack(method, observation)`` sees only the Observation; the
+GroundTruth arrives as a separate argument (the scoring channel) and is used only by ``adversary.metrics.score``
+after the attack has returned. A job that raises becomes a record with ``error``: the federation never stops for it.
+
+Both attackers share one interface: ``submit(job, observation, truth)`` (non-blocking for Ray), ``poll(timeout)``
+(the records finished so far, waiting at most ``timeout`` seconds), ``pending`` and ``drain(timeout, reason)``
+(wait for the rest, at most ``timeout`` seconds; what is still running then becomes an error record).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    round: int
+    client: int
+    method: str
+    iterations: int
+    seed: int
+
+
+def run_job(job: Job, observation, truth) -> dict[str, Any]:
+    """Attack one update, then score it against the ground truth. Never raises."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {"round": job.round, "client": job.client, "method": job.method,
+                              "reference": list(truth.texts) if truth is not None else None}
+    try:
+        from adversary import run_attack
+
+        reconstruction = run_attack(job.method, observation, iterations=job.iterations, seed=job.seed)  # no truth here
+        record["reconstruction"] = list(reconstruction.texts)
+        if truth is None:
+            raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")
+        from adversary.metrics import score
+
+        scores = score(reconstruction, truth)
+        for key in ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct"):
+            record[key] = scores.get(key)
+        record["iterations"] = reconstruction.iterations
+        record["gradient_distance"] = reconstruction.gradient_distance
+    except Exception as exc:  # noqa: BLE001 - a failed attack is a result, not a crash
+        record.setdefault("reconstruction", None)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc(limit=6)
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def error_record(job: Job, message: str) -> dict[str, Any]:
+    return {"round": job.round, "client": job.client, "method": job.method, "reference": None,
+            "reconstruction": None, "error": message, "seconds": None}
+
+
+def _order(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["round"], r["client"]))
+
+
+class InlineAttacker:
+    """Runs each job at submission, in the caller's thread: blocking, for tests and debugging (no Ray)."""
+
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads
+        self._done: list[dict] = []
+        self.started = True  # nothing to start; mirrors RayAttacker.started
+
+    def submit(self, job: Job, observation, truth) -> None:
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            self._done.append(run_job(job, observation, truth))
+        finally:
+            torch.set_num_threads(previous)
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        done, self._done = self._done, []
+        return _order(done)
+
+    def drain(self, timeout: float = 0.0, reason: str = "cancelled") -> list[dict]:
+        return self.poll()
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+
+class _AttackWorker:
+    """The body of the Ray actor: one process that runs jobs one after another."""
+
+    def __init__(self, threads: int = 0) -> None:
+        import torch
+
+        torch.set_num_threads(threads or default_threads())
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run(self, job: Job, observation, truth) -> dict[str, Any]:
+        if self.device != "cpu":
+            observation.model.to(self.device)
+            observation.gradients = {k: v.to(self.device) for k, v in observation.gradients.items()}
+        record = run_job(job, observation, truth)
+        record["device"] = self.device
+        return record
+
+    def device_name(self) -> str:
+        return self.device
+
+
+def default_threads() -> int:
+    """All cores but one: the clients and the server keep running beside the attack, and an oversubscribed
+    OpenMP pool (threads spinning for a busy core) slows torch down far more than one thread fewer does."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def resolve_gpus(spec: str | float | int) -> float:
+    """``auto``: one GPU when CUDA is visible here, else none (Ray schedules nothing that asks for a missing GPU)."""
+    if str(spec).strip().lower() == "auto":
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+    return float(spec)
+
+
+class RayAttacker:
+    """One Ray actor, created at the first job (by then the simulation backend has initialised Ray)."""
+
+    def __init__(self, num_gpus: float = 0.0, num_cpus: float = 0.0, threads: int = 0) -> None:
+        self.num_gpus, self.num_cpus, self.threads = num_gpus, num_cpus, threads
+        self._actor = None
+        self._pending: dict[Any, Job] = {}
+        self._failed: list[dict] = []  # jobs that could not even be submitted
+
+    @property
+    def started(self) -> bool:
+        return self._actor is not None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _get_actor(self):
+        import ray
+
+        if self._actor is None:
+            if not ray.is_initialized():  # a ServerApp run without the Ray simulation backend
+                ray.init(include_dashboard=False, log_to_driver=False)
+            cls = ray.remote(_AttackWorker)
+            self._actor = cls.options(num_gpus=self.num_gpus, num_cpus=self.num_cpus).remote(self.threads)
+        elif not ray.is_initialized():  # the simulation has shut Ray down (interrupted): do not start another
+            raise RuntimeError("Ray is no longer running")
+        return self._actor
+
+    def submit(self, job: Job, observation, truth) -> None:
+        try:
+            ref = self._get_actor().run.remote(job, observation, truth)  # returns at once; arguments copied now
+        except Exception as exc:  # noqa: BLE001 - recorded, the federation goes on
+            self._failed.append(error_record(job, f"not submitted: {type(exc).__name__}: {exc}"))
+            return
+        self._pending[ref] = job
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        failed, self._failed = self._failed, []
+        if not self._pending:
+            return failed
+        import ray
+
+        try:
+            ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout)
+        except Exception:  # noqa: BLE001 - Ray already shut down (interrupted run): drain records the rest
+            return failed
+        return _order(failed + [self._collect(ref) for ref in ready])
+
+    def drain(self, timeout: float = 0.0, reason: str = "cancelled") -> list[dict]:
+        """Wait at most ``timeout`` seconds for the outstanding jobs; the rest become errors saying ``reason``."""
+        records = self.poll(timeout=max(0.0, timeout))
+        for ref, job in list(self._pending.items()):
+            records.append(error_record(job, reason))
+            del self._pending[ref]
+        self.close()
+        return _order(records)
+
+    def close(self) -> None:
+        if self._actor is not None:
+            import ray
+
+            try:
+                ray.kill(self._actor)
+            except Exception:  # noqa: BLE001 - Ray may already be gone
+                pass
+            self._actor = None
+
+    def _collect(self, ref) -> dict:
+        import ray
+
+        job = self._pending.pop(ref)
+        try:
+            return ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - the actor died, or Ray failed: still a record
+            return error_record(job, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def make_attacker(backend: str, gpus: str = "auto", threads: int = 0):
+    if backend == "inline":
+        return InlineAttacker(threads)
+    return RayAttacker(num_gpus=resolve_gpus(gpus), num_cpus=0.0, threads=threads)

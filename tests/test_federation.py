@@ -1,0 +1,388 @@
+"""The federation: Flower apps, the curious-server strategy, the attack actor, `fedleak simulate`, `flwr run .` config.
+
+Most tests drive the real ServerApp/ClientApp code through ``LocalGrid`` (an in-process Flower Grid: no Ray, fast);
+one test runs the real Ray simulation end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+import time
+import tomllib
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim import task
+from fedsim.client_app import app as client_app
+from fedsim.strategy import AttackPlan, CuriousServer, FedAvgWithLog
+from fedsim.task import Settings
+from fedsim.text import load_tokenizer
+from fedsim.train import batch_gradients
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- an in-process Grid: the real ClientApp called directly --------------------------------------------------------
+class LocalGrid(Grid):
+    """Delivers each message to ``client_app`` in this process; a raising client becomes an error reply."""
+
+    def __init__(self, num_clients: int, app=client_app, fail_client: int | None = None) -> None:
+        self.nodes = {1000 + i: i for i in range(num_clients)}
+        self.app, self.fail_client = app, fail_client
+        self.delivered: list[int] = []
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used in process
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            partition = self.nodes[node]
+            self.delivered.append(partition)
+            context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
+                              node_config={"partition-id": partition, "num-partitions": len(self.nodes)})
+            try:
+                if partition == self.fail_client:
+                    raise RuntimeError("disk full on this client")
+                replies.append(self.app(msg, context))
+            except Exception:
+                replies.append(Message(Error(code=1, reason=traceback.format_exc()), reply_to=msg))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    """Outside a Flower run nobody sets the process's task identity, which new Messages read."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, getattr(TaskIdentity, name) or 1)
+
+
+def small(tmp_path: Path, **overrides) -> Settings:
+    base = dict(model="tiny", init="uniform:0.1", dataset="pii", clients=2, rounds=2, batch_size=1, lr=0.1, attack="tag",
+                attack_iterations=30, attack_backend="inline", attack_threads=1, eval_examples=40, max_length=24,
+                seed=3, out=str(tmp_path / "run"))
+    base.update(overrides)
+    return Settings(**base)
+
+
+def run_local(settings: Settings, **grid_kwargs):
+    from fedsim.server_app import run_server
+    from fedsim.simulate import Recorder
+
+    lines: list[str] = []
+    recorder = Recorder(settings, echo=lines.append)
+    grid = LocalGrid(settings.clients, **grid_kwargs)
+    run_server(grid, settings, recorder)
+    return recorder, lines
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- a fake attacker that only records what the strategy hands it --------------------------------------------------
+class Capture:
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []
+
+    def submit(self, job, observation, truth) -> None:
+        self.jobs.append((job, observation, truth))
+
+    def poll(self, timeout=0.0):
+        return []
+
+    def drain(self, timeout=0.0, reason=""):
+        return []
+
+    pending = 0
+
+
+class _Nodes:
+    """Just enough Grid for FedAvg.configure_train (node sampling)."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def get_node_ids(self):
+        return self.ids
+
+
+def curious(settings: Settings, attacker, train):
+    from fedsim.server_app import build_strategy
+
+    base, strategy = build_strategy(settings, train, attacker)
+    return base, strategy
+
+
+@pytest.mark.parametrize("mode,steps", [("fedsgd", 1), ("fedavg", 2)])
+def test_strategy_sees_every_update_and_derives_the_clients_gradient(tmp_path, mode, steps):
+    s = small(tmp_path, mode=mode, local_steps=steps, batch_size=2, lr=0.05)
+    train = task.load_split("pii", "train", "", s.seed)
+    model = task.initial_model(s, train.num_labels)
+    global_arrays = ArrayRecord(task.state_of(model))
+    attacker = Capture()
+    base, strategy = curious(s, attacker, train)
+    grid = LocalGrid(2)
+
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(s.client_config()), _Nodes(list(grid.nodes))))
+    assert all(m.content["config"]["report-truth"] for m in messages)
+    replies = grid.send_and_receive(messages)
+    assert all("truth" in r.content for r in replies)
+    plain_arrays, _ = FedAvgWithLog().aggregate_train(1, [_copy(r, drop_truth=True) for r in replies])
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    # every client's update reached the attacker, once, and the aggregate is plain FedAvg's
+    assert sorted(job.client for job, _, _ in attacker.jobs) == [0, 1]
+    for name, value in plain_arrays.to_torch_state_dict().items():
+        assert torch.equal(arrays.to_torch_state_dict()[name], value)
+    assert metrics["num-examples"] == 2 * s.examples_per_update
+    assert all("truth" not in r.content for r in replies)  # the scoring channel never goes past the wrapper
+
+    for job, observation, truth in attacker.jobs:
+        # what the client really computed, redone here: the same examples, plain SGD steps from the global weights
+        shard = task.client_shard("pii", "", s.partition, 2, job.client, s.seed)
+        used = task.pick_examples(shard, s.examples_per_update, s.seed, 1, job.client)
+        local = task.model_with(s.model, 2, s.vocab, global_arrays.to_torch_state_dict())
+        expected: dict[str, torch.Tensor] = {}
+        for k in range(steps):
+            batch = task.batch_of(train, used[k * s.batch_size:(k + 1) * s.batch_size], s.vocab, s.max_length)
+            grads = batch_gradients(local, batch)
+            for n, g in grads.items():
+                expected[n] = expected.get(n, 0) + g / steps
+            with torch.no_grad():
+                for n, p in local.named_parameters():
+                    p.sub_(s.lr * grads[n])
+        assert set(observation.gradients) == set(expected)
+        for name, g in expected.items():
+            torch.testing.assert_close(observation.gradients[name], g, rtol=1e-3, atol=1e-5)
+        assert observation.batch_size == s.examples_per_update and observation.seq_lengths is None
+        # the Observation is the global model, not the client's; the truth is what the client used
+        for n, p in observation.model.state_dict().items():
+            assert torch.equal(p, global_arrays.to_torch_state_dict()[n])
+        assert truth.labels == [int(train.dataset[i]["label"]) for i in used]
+
+
+def _copy(msg: Message, drop_truth: bool) -> Message:
+    content = RecordDict({k: v for k, v in msg.content.items() if not (drop_truth and k == "truth")})
+    return Message(content=content, metadata=msg.metadata)
+
+
+def test_client_reply_carries_examples_loss_and_truth_only_when_asked(tmp_path):
+    s = small(tmp_path)
+    train = task.load_split("pii", "train", "", s.seed)
+    model = task.initial_model(s, train.num_labels)
+    base = FedAvgWithLog(min_train_nodes=2, min_available_nodes=2)
+    msgs = list(base.configure_train(1, ArrayRecord(task.state_of(model)), ConfigRecord(s.client_config()), _Nodes([1000, 1001])))
+    reply = LocalGrid(2).send_and_receive(msgs[:1])[0]
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == 1 and 0.0 < metrics["train-loss"] < 10.0
+    assert "truth" not in reply.content  # plain FedAvg never asks for the scoring channel
+
+
+def test_simulation_on_ray_end_to_end(tmp_path):
+    """The real thing: Flower's Ray simulation, 2 clients, 2 rounds, tiny model, TAG in a Ray actor."""
+    from fedsim import simulate
+
+    s = small(tmp_path, attack_backend="ray", attack_iterations=RAY_ITERATIONS, attack_threads=1)
+    lines: list[str] = []
+    summary = simulate.run(s, echo=lines.append)
+    out = Path(s.out)
+    rounds, leaks = read(out / "rounds.jsonl"), read(out / "leakage.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert set(r) >= {"round", "train_loss", "eval_accuracy", "eval_loss", "epsilon", "seconds"}
+        assert r["epsilon"] is None and 0 <= r["eval_accuracy"] <= 1 and r["train_loss"] > 0
+    assert sorted((r["round"], r["client"]) for r in leaks) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for r in leaks:
+        assert "error" not in r, r.get("traceback")
+        assert set(r) >= {"round", "client", "method", "reference", "reconstruction", "rouge1", "rouge2", "rougeL",
+                          "recover_rate", "seconds"}
+    assert summary["status"] == "completed" and summary["attacks"] == {"scored": 4, "errors": 0}
+    assert json.loads((out / "summary.json").read_text())["final_accuracy"] == rounds[-1]["eval_accuracy"]
+    assert (out / "simulate.png").stat().st_size > 1000
+    for name in ("leakage.jsonl", "summary.json", "rounds.jsonl"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+    assert sum(line.startswith("round ") for line in lines) == 3  # round 0 + one per round
+    # leakage: far above what random tokens of the same length score against the same references
+    baseline = random_token_rouge1([r["reference"][0] for r in leaks])
+    mean_rouge1 = float(np.mean([r["rouge1"] for r in leaks]))
+    assert mean_rouge1 > baseline + 0.4, (mean_rouge1, baseline, [r["reconstruction"] for r in leaks])
+
+    # same seed, same rounds and reconstructions: the Ray run and an in-process run of the same settings agree
+    # (one thread, as each Ray client has: the attack amplifies float differences between thread counts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_local(small(tmp_path, out=str(tmp_path / "again"), attack_iterations=RAY_ITERATIONS))
+    finally:
+        torch.set_num_threads(threads)
+    again = read(tmp_path / "again" / "leakage.jsonl")
+    assert _texts(again) == _texts(leaks)
+    for a, b in zip(read(tmp_path / "again" / "rounds.jsonl"), rounds):
+        assert a["eval_accuracy"] == b["eval_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+RAY_ITERATIONS = 300
+
+
+def _texts(leaks):
+    return {(r["round"], r["client"]): r["reconstruction"] for r in leaks}
+
+
+def random_token_rouge1(references: list[str], seed: int = 0) -> float:
+    from adversary.metrics import rouge
+
+    tok = load_tokenizer()
+    rng = np.random.default_rng(seed)
+    scores = []
+    for ref in references:
+        n = len(tok(ref, add_special_tokens=False)["input_ids"])
+        ids = rng.integers(1000, tok.vocab_size, size=n).tolist()
+        scores.append(rouge(ref, tok.decode(ids, skip_special_tokens=True))["rouge1"])
+    return float(np.mean(scores))
+
+
+def test_same_seed_same_rounds_and_reconstructions(tmp_path):
+    first, _ = run_local(small(tmp_path, out=str(tmp_path / "a")))
+    second, _ = run_local(small(tmp_path, out=str(tmp_path / "b")))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read(tmp_path / "a" / "rounds.jsonl")) == strip(read(tmp_path / "b" / "rounds.jsonl"))
+    assert _texts(read(tmp_path / "a" / "leakage.jsonl")) == _texts(read(tmp_path / "b" / "leakage.jsonl"))
+    other, _ = run_local(small(tmp_path, out=str(tmp_path / "c"), seed=4))
+    assert _texts(read(tmp_path / "c" / "leakage.jsonl")) != _texts(read(tmp_path / "a" / "leakage.jsonl"))
+
+
+def test_a_raising_attack_is_recorded_and_the_federation_goes_on(tmp_path):
+    from adversary.registry import ATTACKS, register
+
+    @register("boom")
+    def boom(observation, **_):
+        raise RuntimeError("attack exploded")
+
+    try:
+        s = small(tmp_path)
+        s.attack = "boom"  # registered above; the CLI only offers dlg/tag
+        recorder, lines = run_local(s)
+    finally:
+        ATTACKS.pop("boom", None)
+    rounds, leaks = read(Path(s.out) / "rounds.jsonl"), read(Path(s.out) / "leakage.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert len(leaks) == 4 and all("attack exploded" in r["error"] for r in leaks)
+    assert all(r["reference"] for r in leaks)  # the job still knows what it failed to recover
+    assert recorder.summary["status"] == "completed" and recorder.summary["attacks"]["errors"] == 4
+
+
+def test_a_failing_client_is_reported_not_hidden(tmp_path):
+    s = small(tmp_path, attack="none")
+    recorder, lines = run_local(s, fail_client=1)
+    rounds = read(Path(s.out) / "rounds.jsonl")
+    assert all(len(r["failed_clients"]) == 1 and "disk full" in r["failed_clients"][0]["reason"] for r in rounds)
+    assert any("failed" in line and "disk full" in line for line in lines)
+
+
+def test_interrupted_run_keeps_completed_rounds(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = task.evaluate_model
+
+    def evaluate_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # round 0, round 1, then Ctrl-C during round 2's evaluation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(task, "evaluate_model", evaluate_then_interrupt)
+    s = small(tmp_path, rounds=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(s)
+    out = Path(s.out)
+    assert [r["round"] for r in read(out / "rounds.jsonl")] == [1]
+    assert {(r["round"], r["client"]) for r in read(out / "leakage.jsonl")} >= {(1, 0), (1, 1)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 1
+
+
+def test_attack_none_runs_no_attack_code(tmp_path, monkeypatch):
+    import fedsim.attack_actor as attack_actor
+    import fedsim.strategy as strategy
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("attack code ran with --attack none")
+
+    monkeypatch.setattr(attack_actor, "make_attacker", forbidden)
+    monkeypatch.setattr(attack_actor, "RayAttacker", forbidden)
+    monkeypatch.setattr(strategy.CuriousServer, "__init__", forbidden)
+    s = small(tmp_path, attack="none", attack_backend="ray")
+    recorder, lines = run_local(s)
+    assert recorder.summary["status"] == "completed" and recorder.summary["rouge1"] is None
+    assert not (Path(s.out) / "leakage.jsonl").exists()
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_flwr_run_configuration_parses_and_loads():
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    config, warnings = load_and_validate(ROOT / "pyproject.toml", check_module=True)
+    flwr = config["tool"]["flwr"]
+    components = flwr["app"]["components"]
+    module, attr = components["serverapp"].split(":")
+    assert isinstance(getattr(__import__(module, fromlist=[attr]), attr), ServerApp)
+    module, attr = components["clientapp"].split(":")
+    assert isinstance(getattr(__import__(module, fromlist=[attr]), attr), ClientApp)
+    settings = Settings.from_run_config(flwr["app"]["config"])
+    assert settings == Settings(out=settings.out)  # `flwr run .` runs the same default as `fedleak simulate`
+    assert Settings.from_run_config(settings.to_run_config()) == settings
+    assert "federations" not in flwr  # flwr would rewrite pyproject.toml to migrate it (pyproject comment)
+    raw = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert raw["project"]["scripts"]["fedleak"] == "fedsim.cli:main"  # the rest of pyproject is untouched
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--mode", "fedprox"], "--mode"),
+    (["--clients", "0"], "--clients"),
+    (["--partition", "dirichlet:-1"], "dirichlet"),
+    (["--attack-clients", "zero"], "--attack-clients"),
+    (["--init", "normal:-2"], "init"),
+    (["--dataset", "mnist"], "mnist"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
+    from fedsim.cli import main
+
+    try:
+        code = main(["simulate", *argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and needle in err

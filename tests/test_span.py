@@ -1,0 +1,76 @@
+"""The `span` attack and the token set on the `tiny` model (random init): exact recovery, and an honest failure
+when the gradient carries noise. Sentences are written here; no ../shared, no network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adversary.case import Observation
+from adversary.registry import get_attack
+from adversary.span import gradient_span
+from adversary.token_set import token_set
+from fedsim.models import build_model
+from fedsim.text import load_tokenizer, make_batch
+from fedsim.train import batch_gradients
+
+SINGLE = ["mary paid twenty dollars to the bank in boston."]
+BATCH = ["anna paid", "he won today", "hello", "john left"]  # 4, 5, 3 and 4 tokens with [CLS]/[SEP]: padding
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def observe(tokenizer, texts: list[str], labels: list[int], seed: int = 0, noise: float = 0.0):
+    model = build_model("tiny", "normal:0.02", seed=seed)
+    batch = make_batch(tokenizer, texts, labels)
+    grads = batch_gradients(model, batch)
+    if noise:
+        gen = torch.Generator().manual_seed(seed)
+        grads = {k: v + noise * v.std() * torch.randn(v.shape, generator=gen) for k, v in grads.items()}
+    return Observation(model, grads, len(texts), tokenizer), batch
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_single_sentence_is_recovered_exactly(tokenizer, seed):
+    obs, batch = observe(tokenizer, SINGLE, [1], seed=seed)
+    rec = get_attack("span")(obs, gradient_distance=True)
+    assert rec.info["span_check_passed"]
+    assert rec.token_ids == [batch["input_ids"][0].tolist()]
+    assert rec.texts == SINGLE
+    assert rec.labels == [1]
+    assert rec.gradient_distance < 1e-6
+
+
+def test_batch_of_four_with_padding_is_recovered_exactly(tokenizer):
+    labels = [0, 1, 1, 0]
+    obs, batch = observe(tokenizer, BATCH, labels)
+    assert batch["attention_mask"].sum(1).tolist() == [4, 5, 3, 4]  # padded to 5
+    rec = get_attack("span")(obs)
+    assert rec.info["span_check_passed"]
+    assert sorted(rec.texts) == sorted(BATCH)
+    truth = {t: y for t, y in zip(BATCH, labels)}
+    assert [truth[t] for t in rec.texts] == rec.labels
+    expected = {tuple(row[row != tokenizer.pad_token_id].tolist()) for row in batch["input_ids"]}
+    assert {tuple(q) for q in rec.token_ids} == expected
+
+
+def test_token_set_is_the_batch_tokens(tokenizer):
+    obs, batch = observe(tokenizer, BATCH, [0, 1, 1, 0])
+    real = batch["input_ids"][batch["attention_mask"].bool()]
+    assert token_set(obs).tolist() == sorted(set(real.tolist()))
+    assert tokenizer.pad_token_id not in token_set(obs).tolist()
+
+
+def test_noise_makes_the_span_check_fail(tokenizer):
+    obs, _ = observe(tokenizer, SINGLE, [1], noise=1e-2)
+    rec = get_attack("span")(obs)
+    assert rec.info["span_check_passed"] is False
+    assert rec.texts == [""]
+    # The noised first-layer gradient has no drop to float32 rounding: it reads as full rank.
+    clean, _ = observe(tokenizer, SINGLE, [1])
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert gradient_span([clean.gradients[name]]).passed
+    assert not gradient_span([obs.gradients[name]]).passed
