@@ -16,6 +16,9 @@ What LAMP adds to TAG, each piece here:
   decoded tokens of each sequence (swap two tokens, move a token, move a span, put a prefix at the end), each
   scored by the gradient distance of its *decoded* tokens (real embeddings), the best kept when it beats the
   current decoding; the continuous dummy is then permuted the same way, so the optimisation continues from it.
+  Our addition, ``replace``, when the vocabulary is restricted: put a token of the set at a position (preferably
+  a token the decoding misses where a repeated one stands), which reorderings alone cannot do. After the last
+  iteration up to ``polish`` wider discrete steps run while they still lower the distance.
 - LAMP's GPT-2 prior is left out: no language model is available offline here.
 
 ``iterations`` counts continuous steps; the discrete moves come on top (``info["discrete_evaluations"]``, each
@@ -25,6 +28,7 @@ one forward/backward without a second-order graph, about a third of a step's cos
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -35,23 +39,25 @@ from adversary.engine import GradientMatcher, Hook, MatchConfig, attack_mode
 from adversary.objectives import Distance, GradientTarget, tag_distance
 from adversary.optim import OptimizerSpec
 from adversary.registry import register
+from adversary.noise import noise_level, noisy_token_set, signal_weights
 from adversary.token_set import token_set
 from fedsim.errors import UsageError
 
 DISTANCES = ("cos", "l1l2", "cos+l1l2")
-MOVES = ("swap", "move", "span", "prefix")
+MOVES = ("swap", "move", "span", "prefix", "replace")
 
 
 class LayerCosine:
-    """Mean over tensors of 1 - cos(g'_i, g_i) (LAMP's ``grad_dist`` with ``--loss cos``).
+    """Weighted mean over tensors of 1 - cos(g'_i, g_i) (LAMP's ``grad_dist`` with ``--loss cos``: plain mean).
 
-    ``keep`` (bool per tensor) leaves out tensors whose gradient is zero by construction (BERT's attention key
-    biases: adding a constant to every key of a query changes no softmax), whose float32 residue would otherwise
-    add a large, meaningless cosine. Written as (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|), d = a - b: foreach norms
-    only, and no cancellation when the two gradients are close."""
+    ``weights`` (one per tensor, default all 1) leave out tensors whose gradient is zero by construction (BERT's
+    attention key biases: adding a constant to every key of a query changes no softmax), whose float32 residue
+    would otherwise add a large, meaningless cosine, and under noise weigh each tensor by its share of signal
+    (:func:`adversary.noise.signal_weights`). Written as (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|), d = a - b:
+    foreach norms only, and no cancellation when the two gradients are close."""
 
     def __init__(self) -> None:
-        self.keep: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
 
     def __call__(self, dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
         dummy_grads = list(dummy_grads)
@@ -62,7 +68,9 @@ class LayerCosine:
         norm_d = torch.stack(torch._foreach_norm(dummy_grads, 2))
         diff = torch.stack(torch._foreach_norm(torch._foreach_sub(dummy_grads, target.tensors), 2))
         per_tensor = (diff.square() - (norm_d - norm_t).square()) / (2 * norm_d * norm_t).clamp_min(1e-30)
-        return per_tensor[self.keep].mean() if self.keep is not None else per_tensor.mean()
+        if self.weights is None:
+            return per_tensor.mean()
+        return (per_tensor * self.weights).sum() / self.weights.sum()
 
 
 def structural_zeros(matcher: GradientMatcher, rel: float = 1e-5) -> torch.Tensor:
@@ -129,19 +137,32 @@ def propose(n: int, kind: str, rng: random.Random) -> list[int]:
 
 
 class DiscreteMoves:
-    """The hook: LAMP's discrete step every ``every`` iterations from ``start`` on (and at the last one)."""
+    """The hook: LAMP's discrete step every ``every`` iterations from ``start`` on (and at the last one).
+
+    ``vocabulary`` (the token set, when it restricts decoding) enables ``replace``, our addition to LAMP's
+    reorderings: a position gets another token of the set, preferably a token of the set that the decoding
+    misses, put where a repeated token stands (reorderings cannot fix "the sat sat" for "the cat sat")."""
 
     def __init__(self, every: int, candidates: int, start: int, last: int, prior: NormPrior, seed: int,
-                 kinds: Sequence[str] = MOVES) -> None:
+                 kinds: Sequence[str] = MOVES, vocabulary: torch.Tensor | None = None, polish: int = 0) -> None:
         bad = [k for k in kinds if k not in MOVES]
         if bad or not kinds:
             raise UsageError(f"unknown discrete moves {bad or kinds}; accepted: {', '.join(MOVES)}")
         self.every, self.candidates, self.start, self.last = every, candidates, start, last
-        self.prior, self.kinds, self.rng = prior, tuple(kinds), random.Random(seed)
-        self.steps = self.accepted = self.evaluations = 0
+        self.kinds = tuple(k for k in kinds if k != "replace" or vocabulary is not None)
+        self.prior, self.rng = prior, random.Random(seed)
+        self.vocabulary = vocabulary.tolist() if vocabulary is not None else []
+        self.polish, self.steps, self.accepted, self.evaluations = polish, 0, 0, 0
 
     def __call__(self, matcher: GradientMatcher, iteration: int) -> None:
-        if self.every > 0 and iteration >= self.start and (iteration % self.every == 0 or iteration == self.last):
+        """A step every ``every`` iterations; at the last one, up to ``polish`` more while they still help."""
+        if self.every <= 0 or not self.kinds or iteration < self.start:
+            return
+        if iteration == self.last:  # polish: wider searches while they still help
+            for _ in range(1 + self.polish):
+                if not self.step(matcher, self.candidates * 4):
+                    break
+        elif iteration % self.every == 0:
             self.step(matcher)
 
     def score(self, matcher: GradientMatcher, ids: torch.Tensor) -> float:
@@ -153,43 +174,75 @@ class DiscreteMoves:
         finally:
             self.prior.active = True
 
-    def step(self, matcher: GradientMatcher) -> bool:
-        """Try reorderings of each sequence in turn; keep the best one that lowers the distance."""
+    def replacement(self, row: list[int], batch_tokens: list[int]) -> tuple[int, int]:
+        """(index in the row, new token) for a ``replace`` move."""
+        counts = Counter(batch_tokens)
+        missing = [t for t in self.vocabulary if t not in counts]
+        if missing:
+            repeated = [i for i, t in enumerate(row) if counts[t] > 1]
+            return self.rng.choice(repeated or range(len(row))), self.rng.choice(missing)
+        return self.rng.randrange(len(row)), self.rng.choice(self.vocabulary)
+
+    def step(self, matcher: GradientMatcher, candidates: int | None = None) -> bool:
+        """Try ``candidates`` edits of each sequence in turn; keep the best one that lowers the distance."""
         self.steps += 1
         changed = False
+        free = matcher.layout.free
         ids = matcher.decoder(matcher.state.dummy)
         current = self.score(matcher, ids)
         for b in range(ids.shape[0]):
-            positions = matcher.layout.free[b].nonzero().flatten()
+            positions = free[b].nonzero().flatten()
             n = positions.numel()
-            if n < 2:
-                continue
-            seen = {tuple(ids[b, positions].tolist())}
-            best, best_order = current, None
-            for k in range(self.candidates):
-                order = propose(n, self.kinds[k % len(self.kinds)], self.rng)
-                candidate = ids.clone()
-                candidate[b, positions] = ids[b, positions[order]]
-                key = tuple(candidate[b, positions].tolist())
-                if key in seen:  # same tokens in the same order (a repeated token, or a no-op move)
+            row = ids[b, positions].tolist()
+            seen, best, best_edit = {tuple(row)}, current, None
+            for k in range(self.candidates if candidates is None else candidates):
+                kind = self.kinds[k % len(self.kinds)]
+                if kind == "replace" and n >= 1:
+                    edit = (None, self.replacement(row, ids[free].tolist()))
+                    new_row = list(row)
+                    new_row[edit[1][0]] = edit[1][1]
+                elif kind != "replace" and n >= 2:
+                    edit = (propose(n, kind, self.rng), None)
+                    new_row = [row[i] for i in edit[0]]
+                else:
                     continue
-                seen.add(key)
+                if tuple(new_row) in seen:  # a no-op (a repeated token, the same order)
+                    continue
+                seen.add(tuple(new_row))
+                candidate = ids.clone()
+                candidate[b, positions] = torch.tensor(new_row, dtype=ids.dtype)
                 value = self.score(matcher, candidate)
                 if value < best:
-                    best, best_order = value, order
-            if best_order is not None:
-                with torch.no_grad():
-                    dummy = matcher.state.dummy
-                    dummy[b, positions] = dummy[b, positions[best_order]].clone()
-                ids[b, positions] = ids[b, positions[best_order]].clone()
+                    best, best_edit = value, edit
+            if best_edit is not None:
+                self.apply(matcher, b, positions, *best_edit)
+                ids = matcher.decoder(matcher.state.dummy)
                 current, changed = best, True
                 self.accepted += 1
         return changed
 
+    @torch.no_grad()
+    def apply(self, matcher: GradientMatcher, b: int, positions: torch.Tensor, order: list[int] | None,
+              replace: tuple[int, int] | None) -> None:
+        """Edit the continuous dummy so that it decodes to the accepted candidate: permute its vectors, or put
+        the new token's embedding (at the replaced vector's norm) in place."""
+        dummy = matcher.state.dummy
+        if order is not None:
+            dummy[b, positions] = dummy[b, positions[order]].clone()
+        if replace is not None:
+            pos, token = int(positions[replace[0]]), replace[1]
+            row = matcher.embedding.detach()[token]
+            dummy[b, pos] = row * dummy[b, pos].norm() / row.norm().clamp_min(1e-12)
 
-def restrict_vocabulary(matcher: GradientMatcher, observation: Observation) -> int:
-    """Decode only into the batch's tokens when the embedding gradient tells them; returns the allowed count."""
+
+def restrict_vocabulary(matcher: GradientMatcher, observation: Observation, sigma: float = 0.0) -> int:
+    """Decode only into the batch's tokens when the embedding gradient tells them (under noise of level
+    ``sigma``, the rows above the noise); returns the allowed count."""
     tokens = token_set(observation)
+    if tokens.numel() >= matcher.allowed.numel() and sigma > 0:
+        tokens = noisy_token_set(observation, sigma)
+        if tokens is None:
+            return int(matcher.allowed.sum())
     allowed = matcher.allowed
     if tokens.numel() < allowed.numel():
         mask = torch.zeros_like(allowed)
@@ -235,12 +288,17 @@ def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> fl
 @register("lamp")
 def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr: float = 0.01,
          distance: str = "cos", l1_weight: float = 1e-3, norm_weight: float = 1.0, restrict: bool = True,
-         init: str = "normal", init_candidates: int = 20, discrete_every: int = 50, candidates: int = 40,
-         burn_in: float = 0.1, moves: Sequence[str] = MOVES, labels: str = "analytic", record_every: int = 10,
+         noise_aware: bool = True, init: str = "normal", init_candidates: int = 20, discrete_every: int = 50, candidates: int = 40,
+         burn_in: float = 0.1, moves: Sequence[str] = MOVES, polish: int = 5, labels: str = "auto",
+         record_every: int = 10,
          hooks: tuple[Hook, ...] = ()) -> Reconstruction:
     """LAMP (module doc). ``lr``: Adam step size, decayed linearly to 0; ``discrete_every`` 0 turns the discrete
-    moves off; ``burn_in``: share of the iterations before the first discrete step; ``labels`` as in the engine
-    (``analytic``: fixed from the classifier's bias gradient, as LAMP assumes known labels)."""
+    moves off; ``burn_in``: share of the iterations before the first discrete step; ``polish``: extra discrete
+    steps (4 x ``candidates`` each) after the last iteration while they help; ``labels`` as in the engine, or
+    ``auto``: ``analytic`` for B = 1 (exact from the bias gradient; LAMP assumes known labels), ``joint-analytic``
+    for B > 1 (the analytic multiset does not say which sequence has which label)."""
+    if labels == "auto":
+        labels = "analytic" if observation.batch_size == 1 else "joint-analytic"
     if candidates < 0 or discrete_every < 0 or init_candidates < 1:
         raise UsageError("lamp: candidates and discrete_every must be >= 0, init_candidates >= 1")
     prior = NormPrior(norm_weight)
@@ -249,18 +307,23 @@ def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr:
                          keep="last", record_every=record_every, regularizer=prior)
     matcher = GradientMatcher(observation, config, seed)
     usable = int(matcher.allowed.sum())
-    vocabulary = restrict_vocabulary(matcher, observation) if restrict else usable
+    sigma = noise_level(observation) if noise_aware else 0.0
+    vocabulary = restrict_vocabulary(matcher, observation, sigma) if restrict else usable
     prior.free = matcher.layout.free
     prior.target = float(matcher.embedding.detach()[matcher.allowed].norm(dim=1).mean())
     cosine = getattr(config.distance, "cosine", config.distance)
     with attack_mode(matcher.model):
         if isinstance(cosine, LayerCosine):
-            cosine.keep = ~structural_zeros(matcher)
+            usable_tensors = (~structural_zeros(matcher)).double()
+            weights = signal_weights(matcher.target.tensors, sigma) * usable_tensors
+            cosine.weights = (weights if bool(weights.sum() > 0) else usable_tensors).float()
         start_distance = choose_start(matcher, init_candidates, prior.target)
     discrete = DiscreteMoves(discrete_every, candidates, start=max(1, int(burn_in * iterations)), last=iterations,
-                             prior=prior, seed=seed, kinds=moves)
+                             prior=prior, seed=seed, kinds=moves,
+                             vocabulary=matcher.allowed.nonzero().flatten() if vocabulary < usable else None,
+                             polish=polish)
     rec = matcher.run(iterations, hooks=(discrete, *hooks))
-    rec.info.update(method="lamp", distance=distance, vocabulary_size=vocabulary,
+    rec.info.update(method="lamp", distance=distance, vocabulary_size=vocabulary, noise_level=sigma,
                     vocabulary_restricted=vocabulary < usable,
                     start_distance=start_distance, discrete_steps=discrete.steps,
                     discrete_accepted=discrete.accepted, discrete_evaluations=discrete.evaluations,

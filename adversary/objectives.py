@@ -53,10 +53,42 @@ def parameter_depth(name: str, after_encoder: int) -> int:
 Distance = Callable[[Sequence[torch.Tensor], GradientTarget], torch.Tensor]
 
 
+class _L2L1(torch.autograd.Function):
+    """sum_i ||d_i||^2 + sum_i alpha_i ||d_i||_1 over d_i = g'_i - g_i, with a hand-written backward.
+
+    Autograd's own backward of ``_foreach_norm`` runs per tensor (divide by the norm, mask zero norms, sign,
+    multiply): on tinybert4 that made the L1 term cost ~40% of a TAG iteration. Here the backward is four foreach
+    passes: 2 d_i + alpha_i sign(d_i), times the incoming scalar. The attack differentiates the distance once
+    (the second derivative is taken through the dummy gradients, not through this function).
+    """
+
+    @staticmethod
+    def forward(ctx, targets: list[torch.Tensor], alpha: list[float] | None, *grads: torch.Tensor) -> torch.Tensor:
+        diffs = torch._foreach_sub(list(grads), targets)
+        value = torch.stack(torch._foreach_norm(diffs, 2)).square().sum()
+        if alpha is not None:
+            l1 = torch.stack(torch._foreach_norm(diffs, 1))
+            value = value + (l1 * torch.tensor(alpha, dtype=l1.dtype)).sum()
+        ctx.diffs, ctx.alpha = diffs, alpha
+        return value
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor):
+        diffs, alpha = ctx.diffs, ctx.alpha
+        del ctx.diffs
+        if alpha is None:
+            out = torch._foreach_mul(diffs, 2.0)
+        else:
+            out = torch._foreach_sign(diffs)
+            torch._foreach_mul_(out, alpha)
+            torch._foreach_add_(out, diffs, alpha=2.0)
+        torch._foreach_mul_(out, upstream)
+        return (None, None, *out)
+
+
 def squared_l2(dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
     """DLG's objective: sum over all matched tensors of ||g' - g||^2."""
-    diffs = torch._foreach_sub(list(dummy_grads), target.tensors)
-    return torch.stack(torch._foreach_norm(diffs, 2)).square().sum()
+    return _L2L1.apply(target.tensors, None, *dummy_grads)
 
 
 def tag_distance(scale: float = 0.1, scheme: str = "linear") -> Distance:
@@ -70,14 +102,10 @@ def tag_distance(scale: float = 0.1, scheme: str = "linear") -> Distance:
         raise ValueError(f"unknown TAG weight scheme {scheme!r}; accepted: linear, exp, flat")
 
     def distance(dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
-        alpha = target._cache.get(("tag", scale, scheme))
-        if alpha is None:
-            alpha = layer_weights(target.depths, scheme) * scale
-            target._cache[("tag", scale, scheme)] = alpha
-        diffs = torch._foreach_sub(list(dummy_grads), target.tensors)
-        l2 = torch.stack(torch._foreach_norm(diffs, 2)).square().sum()
-        l1 = torch.stack(torch._foreach_norm(diffs, 1))
-        return l2 + (alpha.to(l1.dtype) * l1).sum()
+        key = ("tag", scale, scheme)
+        if key not in target._cache:
+            target._cache[key] = (layer_weights(target.depths, scheme) * scale).tolist()
+        return _L2L1.apply(target.tensors, target._cache[key], *dummy_grads)
 
     return distance
 

@@ -31,6 +31,12 @@ def _load_builtin() -> None:
                 raise
 
 
+def available() -> list[str]:
+    """Names of every registered attack (built-ins loaded first)."""
+    _load_builtin()
+    return sorted(ATTACKS)
+
+
 def get_attack(name: str) -> Attack:
     _load_builtin()
     if name not in ATTACKS:

@@ -11,8 +11,10 @@ word-gradient row of a token found at one position only is orthogonal to that in
 position-gradient rows (sums over the tokens at each position) then peel off the repeated tokens. (2) Which
 tokens form one sequence: the first FFN's input-weight gradient spans each position's attention output, a function
 of its whole sequence; sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate
-descent on their mean distance to that span, from random starts, then from starts pinned to each still uncovered
-(position, token).
+descent on their mean distance to that span, from random starts, then from starts pinned to each (position, token).
+A certified sequence is settled: its own embedding gradient (exact, the batch loss being a mean of per-sequence
+losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
+a sequence in the span that explains no token's gradient is rejected.
 
 Thresholds come from the gradients: rank at the largest singular-value drop that lands at float32 rounding level
 (eps32 * ||G||_F); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality below a few
@@ -157,65 +159,102 @@ def _members(obs: Observation, span: Span, inputs: LayerInputs, vocab: torch.Ten
     return found, len(found)
 
 
-def _refine(obs: Observation, inputs: LayerInputs, members: list[list[tuple[int, int, float]]]
-            ) -> tuple[list[list[Candidate]], list[bool]]:
-    """Exact token sets per position from the embedding gradients (module doc); unresolved positions keep the
-    span's superset. Returns the pools and whether each position was resolved."""
-    pools = [[(t, s) for t, s, _ in row] for row in members]
-    gw_name = word_embedding_name(obs.model)
-    gp_name = _param_name(obs.model, inputs.module.position_embeddings.weight)
-    if gw_name not in obs.gradients or gp_name not in obs.gradients:
-        return pools, [False] * len(pools)
-    gw, gp = obs.gradients[gw_name].double(), obs.gradients[gp_name].double()
-    tol = 8 * math.sqrt(gw.shape[1]) * EPS32
+class Ledger:
+    """The embedding gradients not yet explained, per token (word rows) and per position (position rows).
 
-    def orthogonal(vec: torch.Tensor, t: int, p: int, s: int) -> bool:
-        u = inputs.direction(torch.tensor([t]), p, s)[0]
-        return abs(float(vec @ u)) <= tol * float(vec.norm())
+    ``pools`` peels them (module doc) into per-position candidates; tokens and positions already explained to
+    float32 precision drop out. ``settle`` subtracts a certified sequence's own embedding gradient (exact, since
+    the batch loss is a mean of per-sequence losses): that removes its tokens and breaks the cycles (two repeated
+    tokens sharing two positions) that stop the peeling, so each found sequence shrinks the next search."""
 
-    where: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for p, row in enumerate(pools):
-        for t, s in row:
-            where[t].append((p, s))
-    assigned: list[set[Candidate]] = [set() for _ in pools]
-    residual = gp[: len(pools)].clone()
-    remaining: dict[int, torch.Tensor] = {}
-    for t, places in where.items():
-        hits = [(p, s) for p, s in places if orthogonal(gw[t], t, p, s)]
-        if len(hits) == 1:  # the token sits at one position only (possibly in several sequences)
-            p, s = hits[0]
-            assigned[p].add((t, s))
-            residual[p] -= gw[t]
-        else:
-            remaining[t] = gw[t].clone()
-    scale = gp[: len(pools)].norm(dim=1)
-    open_ = [float(residual[p].norm()) > tol * float(scale[p]) for p in range(len(pools))]
-    progress = True
-    while progress and remaining:
-        progress = False
-        for p in [q for q in range(len(pools)) if open_[q]]:
-            hits = [(t, s) for t, s in pools[p] if t in remaining and orthogonal(residual[p], t, p, s)]
-            if len(hits) == 1:  # a single repeated token left at p: the residual is its gradient there
-                t, s = hits[0]
-                assigned[p].add((t, s))
-                remaining[t] -= residual[p]
-                residual[p].zero_()
-                open_[p], progress = False, True
-        for t in list(remaining):
-            if float(remaining[t].norm()) <= tol * float(gw[t].norm()):
-                del remaining[t]
-                progress = True
-                continue
-            hits = [(p, s) for p, s in where[t] if open_[p] and orthogonal(remaining[t], t, p, s)]
-            if len(hits) == 1:  # the rest of the token's gradient sits at one position
-                p, s = hits[0]
-                assigned[p].add((t, s))
-                residual[p] -= remaining.pop(t)
-                open_[p] = float(residual[p].norm()) > tol * float(scale[p])
-                progress = True
-    out = [sorted(assigned[p] | ({(t, s) for t, s in pools[p] if t in remaining} if open_[p] else set()))
-           for p in range(len(pools))]
-    return out, [not o for o in open_]
+    def __init__(self, obs: Observation, inputs: LayerInputs, members: list[list[tuple[int, int, float]]]) -> None:
+        self.obs, self.inputs = obs, inputs
+        self.superset = [[(t, s) for t, s, _ in row] for row in members]
+        gw_name = word_embedding_name(obs.model)
+        gp_name = _param_name(obs.model, inputs.module.position_embeddings.weight)
+        self.usable = gw_name in obs.gradients and gp_name in obs.gradients
+        if not self.usable:
+            return
+        gw, gp = obs.gradients[gw_name].double(), obs.gradients[gp_name].double()
+        tokens = sorted({t for row in self.superset for t, _ in row})
+        self.word = {t: gw[t].clone() for t in tokens}
+        self.word0 = {t: float(gw[t].norm()) for t in tokens}
+        self.pos = gp[: len(members)].clone()
+        self.pos0 = self.pos.norm(dim=1)
+        self.tol = 8 * math.sqrt(gw.shape[1]) * EPS32
+
+    def _orthogonal(self, vec: torch.Tensor, t: int, p: int, s: int) -> bool:
+        u = self.inputs.direction(torch.tensor([t]), p, s)[0]
+        return abs(float(vec @ u)) <= self.tol * float(vec.norm())
+
+    def pools(self) -> tuple[list[list[Candidate]], list[bool]]:
+        """Candidates per position and whether each position's token set is exact."""
+        if not self.usable:
+            return [list(p) for p in self.superset], [False] * len(self.superset)
+        n = len(self.superset)
+        residual = self.pos.clone()
+        open_ = [float(residual[p].norm()) > self.tol * float(self.pos0[p]) for p in range(n)]
+        remaining = {t: w.clone() for t, w in self.word.items() if float(w.norm()) > self.tol * self.word0[t]}
+        where: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for p in range(n):
+            for t, s in self.superset[p]:
+                if open_[p] and t in remaining:
+                    where[t].append((p, s))
+        assigned: list[set[Candidate]] = [set() for _ in range(n)]
+        progress = True
+        while progress and remaining:
+            progress = False
+            for t in list(remaining):  # a token whose rest sits at one position (possibly in several sequences)
+                hits = [(p, s) for p, s in where[t] if open_[p] and self._orthogonal(remaining[t], t, p, s)]
+                if len(hits) == 1:
+                    p, s = hits[0]
+                    assigned[p].add((t, s))
+                    residual[p] -= remaining.pop(t)
+                    open_[p] = float(residual[p].norm()) > self.tol * float(self.pos0[p])
+                    progress = True
+            for p in [q for q in range(n) if open_[q]]:  # a position with a single unexplained token left
+                hits = [(t, s) for t, s in self.superset[p] if t in remaining
+                        and self._orthogonal(residual[p], t, p, s)]
+                if len(hits) == 1:
+                    t, s = hits[0]
+                    assigned[p].add((t, s))
+                    remaining[t] -= residual[p]
+                    residual[p].zero_()
+                    open_[p], progress = False, True
+                    if float(remaining[t].norm()) <= self.tol * self.word0[t]:
+                        del remaining[t]
+        out = [sorted(assigned[p] | ({(t, s) for t, s in self.superset[p] if t in remaining} if open_[p] else set()))
+               for p in range(n)]
+        return out, [not o for o in open_]
+
+    def explain(self, seq: list[Candidate]) -> tuple[int, torch.Tensor, int]:
+        """The sequence's own embedding gradient for the label that explains the ledger best: (label, rows, how
+        many of its tokens it explains completely). A wrong sequence explains none."""
+        model, bsz = self.obs.model, self.obs.batch_size
+        ids = torch.tensor([[t for t, _ in seq]])
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=embeds, token_type_ids=torch.tensor([[s for _, s in seq]]),
+                       attention_mask=torch.ones_like(ids)).logits
+        best: tuple[int, float, int, torch.Tensor] | None = None
+        for y in range(logits.shape[-1]):
+            loss = torch.nn.functional.cross_entropy(logits, torch.tensor([y])) / bsz
+            e = torch.autograd.grad(loss, embeds, retain_graph=True)[0][0].double()
+            if not self.usable:
+                return int(logits.argmax()), e, 1
+            rest = {t: self.word[t].clone() for t, _ in seq}
+            for p, (t, _) in enumerate(seq):
+                rest[t] -= e[p]
+            explained = sum(float(r.norm()) <= self.tol * self.word0[t] for t, r in rest.items())
+            miss = sum(float(r.norm()) / max(self.word0[t], 1e-300) for t, r in rest.items())
+            if best is None or (-explained, miss) < (-best[2], best[1]):
+                best = (y, miss, explained, e)
+        return best[0], best[3], best[2]
+
+    def settle(self, seq: list[Candidate], rows: torch.Tensor) -> None:
+        if self.usable:
+            for p, (t, _) in enumerate(seq):
+                self.word[t] -= rows[p]
+                self.pos[p] -= rows[p]
 
 
 class Linker:
@@ -282,63 +321,71 @@ class Linker:
         return tuple(seq), best
 
 
-def _assemble(obs: Observation, pools: list[list[Candidate]], resolved: list[bool], linker: Linker, sep: int,
-              seed: int, restarts: int, budget: int) -> tuple[list[list[Candidate]], list[float], int]:
-    """B sequences: for each length (a position whose pool holds [SEP]; or the public lengths), local minima of
-    the linker's distance from random starts, then from starts pinned to each (position, token) no certified
-    sequence covers yet. Certified: distance below sqrt(eps32), the geometric mean of float32 precision and 1."""
+def _assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
+              budget: int) -> tuple[list[list[Candidate]], list[float], list[int], int, int]:
+    """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
+    lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
+    (exact positions first); the first sequence under sqrt(eps32) (the geometric mean of float32 precision and 1)
+    is settled in the ledger and the pools recomputed. Unfilled slots get the best uncertified minima."""
     rng = np.random.default_rng(seed)
-    ends = [p for p in range(1, len(pools)) if any(t == sep for t, _ in pools[p])]
-    if obs.seq_lengths is not None:
-        ends = sorted({n - 1 for n in obs.seq_lengths if 1 < n <= len(pools)})
-    subs = {}
-    for e in ends:
-        sub = [list(pools[p]) for p in range(e + 1)]
-        sub[e] = [c for c in sub[e] if c[0] == sep] or sub[e]
-        for p in range(1, e):
-            sub[p] = [c for c in sub[p] if c[0] != sep] or sub[p]
-        subs[e] = sub
-    minima: dict[tuple[Candidate, ...], float] = {}
     cert = math.sqrt(EPS32)
-
+    left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
+    found: list[tuple[Candidate, ...]] = []
+    labels: list[int] = []
+    minima: dict[tuple[Candidate, ...], float] = {}
+    rejected: set[tuple[Candidate, ...]] = set()
     descents = 0
 
-    def run(e: int, pinned: dict[int, Candidate], covered: set[tuple[int, Candidate]]) -> None:
-        nonlocal descents
-        descents += 1
-        sub = [[pinned[p]] if p in pinned else pool for p, pool in enumerate(subs[e])]
-        start = []
-        for p, pool in enumerate(sub):
-            options = [c for c in pool if (p, c) not in covered] or pool
-            start.append(options[int(rng.integers(len(options)))])
-        seq, d = linker.descend(start, sub, stop=cert)
-        minima[seq] = min(d, minima.get(seq, float("inf")))
-
-    def certified() -> list[tuple[Candidate, ...]]:
-        return sorted((q for q, d in minima.items() if d < cert), key=minima.get)
-
-    for e in ends:
+    def attempts(pools: list[list[Candidate]], resolved: list[bool], ends: list[int]):
         for _ in range(restarts):
-            run(e, {}, {pc for q in certified() for pc in enumerate(q)})
-    seen: set[tuple[int, Candidate]] = set()
-    while len(certified()) < obs.batch_size and descents < budget:
-        covered = {pc for q in certified() for pc in enumerate(q)}
-        todo = [(not resolved[p], -p, p, c) for p, pool in enumerate(pools) for c in pool
-                if (p, c) not in covered | seen and p > 0]
-        if not todo:
-            break
-        *_, p, c = min(todo)
-        seen.add((p, c))
-        for e in ends:  # shortest plausible length first; stop once a certified sequence holds (p, c)
-            if (p < e or (p == e and c[0] == sep)) and descents < budget:
-                run(e, {p: c}, covered)
-                if any(len(q) > p and q[p] == c for q in certified()):
+            for e in ends:
+                yield e, {}
+        todo = sorted((not resolved[p], -p, p, c) for p, pool in enumerate(pools) for c in pool if p > 0)
+        for *_, p, c in todo:
+            for e in ends:
+                if p < e or (p == e and c[0] == sep):
+                    yield e, {p: c}
+
+    while len(found) < obs.batch_size and descents < budget:
+        pools, resolved = ledger.pools()
+        ends = [e for e in range(1, len(pools)) if any(t == sep for t, _ in pools[e])]
+        if left is not None:
+            ends = [e for e in ends if left.get(e + 1, 0) > 0]
+        subs = {}
+        for e in ends:
+            sub = [list(pools[p]) for p in range(e + 1)]
+            sub[e] = [c for c in sub[e] if c[0] == sep]
+            for p in range(1, e):
+                sub[p] = [c for c in sub[p] if c[0] != sep] or sub[p]
+            if all(sub):
+                subs[e] = sub
+        new = None
+        for e, pinned in attempts(pools, resolved, list(subs)):
+            if descents >= budget:
+                break
+            descents += 1
+            sub = [[pinned[p]] if p in pinned else pool for p, pool in enumerate(subs[e])]
+            start = [pool[int(rng.integers(len(pool)))] for pool in sub]
+            seq, d = linker.descend(start, sub, stop=cert)
+            minima[seq] = min(d, minima.get(seq, float("inf")))
+            if d < cert and seq not in found and seq not in rejected:
+                label, rows, explained = ledger.explain(list(seq))
+                if explained:
+                    new = seq
                     break
-    chosen = certified()[: obs.batch_size]
-    rest = sorted((q for q in minima if q not in chosen), key=minima.get)
-    n_cert = len(chosen)
-    chosen += rest[: obs.batch_size - len(chosen)]
-    return [list(q) for q in chosen], [minima[q] for q in chosen], n_cert, descents
+                rejected.add(seq)  # in the span but explains no token's gradient: not a batch sequence
+        if new is None:
+            break
+        found.append(new)
+        labels.append(label)
+        ledger.settle(list(new), rows)
+        if left is not None:
+            left[len(new)] -= 1
+    n_cert = len(found)
+    rest = sorted((q for q in minima if q not in found and q not in rejected), key=minima.get)
+    rest = rest[: obs.batch_size - n_cert]
+    chosen = found + rest
+    return [list(q) for q in chosen], [minima[q] for q in chosen], labels, n_cert, descents
 
 
 def _labels(obs: Observation, batch: dict[str, torch.Tensor]) -> list[int]:
@@ -422,7 +469,8 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
         info["ambiguous_positions"] = sum(len(row) > 1 for row in members)
         ok = all(members) and length > 0
     else:
-        pools, resolved = _refine(obs, inputs, members)
+        ledger = Ledger(obs, inputs, members)
+        pools, resolved = ledger.pools()
         info["resolved_positions"] = sum(resolved)
         info["pool_sizes"] = [len(p) for p in pools]
         ffn_in = _param_name(obs.model, obs.model.base_model.encoder.layer[0].intermediate.dense.weight)
@@ -431,15 +479,17 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
             empty.seconds = time.perf_counter() - start
             return empty
         span2 = _linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools))
-        linker = Linker(obs, span2, pools)
-        seqs, dists, n_cert, descents = _assemble(obs, pools, resolved, linker, tok.sep_token_id, seed, restarts,
-                                                  budget if budget is not None else 16 * obs.batch_size)
+        linker = Linker(obs, span2, ledger.superset)
+        seqs, dists, settled, n_cert, descents = _assemble(obs, ledger, linker, tok.sep_token_id, seed, restarts,
+                                                           budget if budget is not None else 16 * obs.batch_size)
         info.update(rank2=span2.rank, sequence_distances=dists, certified_sequences=n_cert, descents=descents,
                     linker_calls=linker.calls)
         ok = n_cert == obs.batch_size
     token_ids = [[t for t, _ in q] for q in seqs]
     batch = _batch(obs, seqs) if seqs and all(seqs) else None
     labels = _labels(obs, batch) if batch is not None else list(empty.labels)
+    if obs.batch_size > 1 and batch is not None:
+        labels[: len(settled)] = settled  # certified sequences: the label whose gradient the ledger matched
     gdist = float("nan")
     if (gradient_distance or obs.batch_size > 1) and batch is not None:
         gdist = gradient_cosine_distance(obs, {**batch, "labels": torch.tensor(labels)})

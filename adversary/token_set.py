@@ -3,8 +3,10 @@
 Row ``t`` of dL/dE (E the word-embedding matrix) is the sum of the gradients at every position holding token ``t``,
 so when E feeds nothing else (BERT classifiers: no tied output layer) the non-zero rows are *exactly* the batch's
 tokens; padding adds nothing (its positions get no gradient, and the [PAD] row has none by construction).
-When E is tied to an output layer, or the gradient is noised, every row is non-zero: we then cut the row norms at
-their largest gap, and only where the gap stands out from the spread of the bulk; otherwise nothing is excluded.
+When E is tied to an output layer every row is non-zero: we then cut the row norms at their largest gap, relative to
+the largest row, and only where the gap stands out from the spread of the rows below it. An untied gradient with
+every row non-zero has been noised: its zero pattern is gone, and we exclude nothing rather than drop real tokens
+buried in the noise.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
 def token_set(observation: Observation) -> torch.LongTensor:
     """Sorted ids of the tokens in the batch; the whole vocabulary when the gradient cannot tell.
 
-    Exact (non-zero rows) for untied embeddings whose gradient is plausible: at most B x max_positions rows.
-    Otherwise a norm threshold at the largest gap of the sorted row norms, kept only when that gap exceeds the
-    relative spread of the rows below it (so Gaussian noise, whose row norms concentrate, excludes nothing).
+    Exact (non-zero rows) for untied embeddings whose gradient is plausible: at most B x max_positions rows and
+    not the whole vocabulary (else it was noised: everything). Tied embeddings: a norm threshold at the largest
+    gap of the sorted row norms, kept only when that gap exceeds the relative spread of the rows below it.
     """
     name = word_embedding_name(observation.model)
     grad = observation.gradients.get(name) if name else None
@@ -45,8 +47,8 @@ def token_set(observation: Observation) -> torch.LongTensor:
     norms = grad.detach().double().norm(dim=1)
     nonzero = torch.nonzero(norms > 0).squeeze(1)
     max_tokens = observation.batch_size * int(getattr(observation.model.config, "max_position_embeddings", 512))
-    if not embeddings_tied(observation.model) and 0 < nonzero.numel() <= min(max_tokens, vocab - 1):
-        return nonzero
+    if not embeddings_tied(observation.model):
+        return nonzero if 0 < nonzero.numel() <= min(max_tokens, vocab - 1) else torch.arange(vocab)
     return _largest_gap(norms, max_tokens)
 
 

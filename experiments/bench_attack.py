@@ -29,30 +29,38 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SENTENCE = "The sailors rode the breeze clear of the rocks."  # 12 tokens with [CLS] and [SEP] (CoLA dev #0)
 
 
-def time_attack(observation, method: str, iterations: int, warmup: int) -> list[float]:
-    """Wall time of each attack iteration, from the engine's per-step hook."""
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _deltas(stamps: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Per-interval wall and process-CPU seconds between consecutive stamps."""
+    pairs = list(zip(stamps[:-1], stamps[1:]))
+    return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
+
+
+def time_attack(observation, method: str, iterations: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU time of each attack iteration, from the engine's per-step hook."""
     from adversary.registry import run_attack
 
-    stamps: list[float] = []
     run_attack(method, observation, iterations=warmup, seed=0)
-    start = time.perf_counter()
-    run_attack(method, observation, iterations=iterations, seed=0, hooks=(lambda m, it: stamps.append(time.perf_counter()),))
-    return [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
+    stamps: list[tuple[float, float]] = []
+    run_attack(method, observation, iterations=iterations + 1, seed=0, hooks=(lambda m, it: stamps.append(_now()),))
+    return _deltas(stamps)
 
 
-def time_train_steps(model, batch, steps: int, warmup: int) -> list[float]:
-    """Wall time of forward + backward of the batch's loss (the client's own work per step)."""
+def time_train_steps(model, batch, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU time of forward + backward of the batch's loss (the client's own work per step)."""
     from fedsim.train import batch_loss
 
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
+    stamps = []
+    for i in range(warmup + steps + 1):
+        if i >= warmup:
+            stamps.append(_now())
         model.zero_grad(set_to_none=True)
         batch_loss(model, batch).backward()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
-    return times
+    return _deltas(stamps)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,21 +90,26 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = int(batch["attention_mask"].sum())
     observation, _ = observe(model, batch, tokenizer)
 
-    train = time_train_steps(model, batch, args.train_steps, args.warmup)
-    attack = time_attack(observation, args.method, args.iterations, args.warmup)
+    train, train_cpu = time_train_steps(model, batch, args.train_steps, args.warmup)
+    attack, attack_cpu = time_attack(observation, args.method, args.iterations, args.warmup)
     per_it, per_step = statistics.median(attack), statistics.median(train)
     result = {
         "model": args.model, "init": args.init, "method": args.method, "tokens": tokens, "threads": args.threads,
         "seconds_per_iteration": per_it, "seconds_per_train_step": per_step, "ratio": per_it / per_step,
         "seconds_per_1000_iterations": 1000 * per_it,
         "mean_seconds_per_iteration": statistics.fmean(attack), "mean_seconds_per_train_step": statistics.fmean(train),
+        # process CPU seconds (all threads): what the work costs, less sensitive than wall time to other jobs
+        "cpu_seconds_per_iteration": statistics.median(attack_cpu),
+        "cpu_seconds_per_train_step": statistics.median(train_cpu),
         "iterations_timed": len(attack), "train_steps_timed": len(train), "load_average_1min": os.getloadavg()[0],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     print(f"{args.method} on {args.model}, {tokens} tokens, {args.threads} threads: "
           f"{per_it * 1000:.1f} ms per iteration (mean {result['mean_seconds_per_iteration'] * 1000:.1f}), "
           f"{per_step * 1000:.1f} ms per training step (mean {result['mean_seconds_per_train_step'] * 1000:.1f}), "
-          f"ratio {result['ratio']:.2f}; load average {result['load_average_1min']:.2f}", file=sys.stderr)
+          f"ratio {result['ratio']:.2f}; CPU {result['cpu_seconds_per_iteration'] * 1000:.1f} ms per iteration, "
+          f"{result['cpu_seconds_per_train_step'] * 1000:.1f} ms per step; load average "
+          f"{result['load_average_1min']:.2f}", file=sys.stderr)
     print(json.dumps(result))
     return result
 

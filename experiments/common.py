@@ -266,8 +266,7 @@ def save_figure(fig, path: Path, private: bool = False) -> Path:
     return path
 
 
-def metric_notes() -> str:
-    return ("Metrics: Recover Rate = share of the sentence's tokens present in the reconstruction at the best "
-            "recorded iteration (an oracle metric, as in TAG); ROUGE-1/2/L = F-measures of the final reconstruction. "
-            "Cells show mean ± std over sentences (one sentence per attack, batch size 1); the CSV also has the 95% "
-            "confidence half-width of the mean (Student t).")
+METRIC_NOTE = ("Metrics: Recover Rate = share of the sentence's tokens present in the reconstruction at the best "
+               "recorded iteration (an oracle metric, as in TAG); ROUGE-1/2/L = F-measures of the final reconstruction. "
+               "Cells show mean ± std over sentences (one sentence per attack, batch size 1); the CSV also has the 95% "
+               "confidence half-width of the mean (Student t).")

@@ -5,7 +5,7 @@ model (random init ``normal:0.02``) is attacked on the same few CoLA/SST-2/RTE s
 engine's per-iteration distance (``Reconstruction.loss_curve``), divided by its value at the first iteration so that
 models with differently scaled gradients share one axis (the CSV also keeps the raw values).
 
-    python experiments/fig2_loss_curves.py            # full (about 12 min on an idle 2-core machine)
+    python experiments/fig2_loss_curves.py            # full setting (wall times: experiments/README.md)
     python experiments/fig2_loss_curves.py --quick
 """
 
@@ -62,7 +62,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = common.parser(__doc__, full=common.Scale(2, 300), quick=common.Scale(1, 20))
+    p = common.parser(__doc__, full=common.Scale(2, 200), quick=common.Scale(1, 20))
     p.add_argument("--models", nargs="+", default=None, help=f"models (default: {' '.join(MODELS)}; quick: tiny)")
     args = common.setup(p.parse_args(argv))
     models = args.models or (["tiny"] if args.quick else list(MODELS))

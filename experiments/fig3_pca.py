@@ -6,7 +6,7 @@ embeddings and all snapshots, and each free position's path is drawn from its st
 token. The CSV measures the same motion numerically per snapshot: mean L2 distance and cosine similarity to the
 true token's embedding, and the share of positions whose nearest token (the attack's own decoder) is the true one.
 
-    python experiments/fig3_pca.py            # full (TinyBERT4, 2 sentences, about 1 min on an idle 2-core machine)
+    python experiments/fig3_pca.py            # full setting: TinyBERT4, 2 CoLA sentences (wall times: experiments/README.md)
     python experiments/fig3_pca.py --quick
 """
 
@@ -47,28 +47,31 @@ def motion(prepared, reconstruction, truth) -> dict:
 
 
 def plot(m: dict, path: Path, title: str) -> None:
-    """PCA fitted on the true embeddings and every snapshot; paths start at a circle and end at a cross."""
-    points = np.concatenate([m["true"], *m["snaps"]])
-    mean = points.mean(0)
-    _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
-    proj = lambda x: (x - mean) @ vt[:2].T  # noqa: E731
-    true, paths = proj(m["true"]), np.stack([proj(s) for s in m["snaps"]])  # (T, k, 2)
+    """Two PCA panels: the raw embeddings, and the same vectors scaled to unit norm (the attack decodes by cosine,
+    so direction is what must converge). Paths start at a circle and end at a cross; stars are the true tokens."""
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    colors = plt.cm.tab20(np.linspace(0, 1, max(1, len(true))))
-    for k in range(len(true)):
-        ax.plot(paths[:, k, 0], paths[:, k, 1], "-", color=colors[k], alpha=0.5, lw=1)
-        ax.scatter(*paths[0, k], marker="o", color=colors[k], s=18, alpha=0.6)
-        ax.scatter(*paths[-1, k], marker="x", color=colors[k], s=30)
-        ax.scatter(*true[k], marker="*", color=colors[k], s=120, edgecolor="black", linewidth=0.5)
-        ax.annotate(m["tokens"][k], true[k], textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title(title)
-    ax.scatter([], [], marker="o", color="gray", label="dummy at start")
-    ax.scatter([], [], marker="x", color="gray", label="dummy at end")
-    ax.scatter([], [], marker="*", color="gray", label="true token")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)  # noqa: E731
+    for ax, scale, label in ((axes[0], lambda x: x, "word-embedding space"), (axes[1], unit, "unit-normalised")):
+        true, snaps = scale(m["true"]), [scale(s) for s in m["snaps"]]
+        points = np.concatenate([true, *snaps])
+        mean = points.mean(0)
+        _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
+        proj = lambda x: (x - mean) @ vt[:2].T  # noqa: E731
+        true2, paths = proj(true), np.stack([proj(s) for s in snaps])  # (T, k, 2)
+        colors = plt.cm.tab20(np.linspace(0, 1, max(1, len(true2))))
+        for k in range(len(true2)):
+            ax.plot(paths[:, k, 0], paths[:, k, 1], "-", color=colors[k], alpha=0.5, lw=1)
+            ax.scatter(*paths[0, k], marker="o", color=colors[k], s=18, alpha=0.6)
+            ax.scatter(*paths[-1, k], marker="x", color=colors[k], s=30)
+            ax.scatter(*true2[k], marker="*", color=colors[k], s=120, edgecolor="black", linewidth=0.5)
+            ax.annotate(m["tokens"][k], true2[k], textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.set_title(f"{title}: {label}", fontsize=10)
+    for marker, text in (("o", "dummy at start"), ("x", "dummy at end"), ("*", "true token")):
+        axes[0].scatter([], [], marker=marker, color="gray", label=text)
+    axes[0].legend(fontsize=8)
     common.save_figure(fig, path, private=True)  # shows the private tokens
 
 
@@ -87,9 +90,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                on_attack=lambda labels, prep, rec, truth: motions.append(motion(prep, rec, truth)))
     rows = [{"sentence": i + 1, **r} for i, m in enumerate(motions) for r in m["rows"]]
     common.write_csv(args.out / f"{NAME}.csv", rows, list(rows[0]))
-    table = [[r["sentence"], r["iteration"], r["l2_to_true"], r["cosine_to_true"], r["token_accuracy"]]
-             for r in rows if r["iteration"] in (0, every, 5 * every, 10 * every) or r is rows[-1]
-             or r["iteration"] == motions[0]["rows"][-1]["iteration"]]
+    table = [[i + 1, r["iteration"], r["l2_to_true"], r["cosine_to_true"], r["token_accuracy"]]
+             for i, m in enumerate(motions) for k, r in enumerate(m["rows"])
+             if k in {0, len(m["rows"]) // 4, len(m["rows"]) // 2, len(m["rows"]) - 1}]
     common.write_markdown(args.out / f"{NAME}.md", f"Fig. 3: dummy embeddings moving toward the true tokens ({model})",
                           [markdown_table(["sentence", "iteration", "mean L2 to true", "mean cosine to true",
                                            "nearest token correct"], table)],
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            f"snapshot is in {NAME}.csv. ROUGE-1 at the end: "
                            + ", ".join(f"{a['rouge1']:.2f}" for a in attacks) + ".", common.describe_run(args)])
     for i, m in enumerate(motions[:1]):
-        plot(m, args.out / f"{NAME}.png", f"TAG on {model}: dummy embeddings (PCA), sentence {i + 1}")
+        plot(m, args.out / f"{NAME}.png", f"TAG on {model}, sentence {i + 1}")
     return rows
 
 

@@ -5,7 +5,7 @@ Table III shows reconstructions side by side. Both attacks use the library's def
 BertAdam lr 0.05, dummy at the embeddings' scale; DLG: L2, L-BFGS, standard-normal dummy) on TinyBERT4 with
 ``normal:0.02`` weights and the same CoLA/SST-2/RTE mixture, the same iteration count and the same seeds.
 
-    python experiments/fig5_tag_vs_dlg.py            # full (about 10 min on an idle 2-core machine)
+    python experiments/fig5_tag_vs_dlg.py            # full setting (wall times: experiments/README.md)
     python experiments/fig5_tag_vs_dlg.py --quick
 """
 
@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stats.append({"method": "tag/dlg", "n": min(e["n"] for e in stats),
                   **{f"{m}_mean": ratio[m] for m in common.METRICS}})
     # per-sentence ratio spread: how consistent TAG's gain is, not only its mean
-    paired = {m: [t[m] - d[m] for t, d in zip(rows[: len(texts)], rows[len(texts):])] for m in common.METRICS}
+    dlg = {r["reference"][0]: r for r in rows if r["method"] == "dlg"}
+    pairs = [(r, dlg[r["reference"][0]]) for r in rows if r["method"] == "tag" and r["reference"][0] in dlg]
+    paired = {m: [t[m] - d[m] for t, d in pairs] for m in common.METRICS}
     diff = [f"{common.LABELS[m]} {statistics.fmean(v):+.3f} (TAG better on {sum(x > 0 for x in v)}/{len(v)}, "
             f"worse on {sum(x < 0 for x in v)})" for m, v in paired.items()]
     common.write_table(args.out, NAME, stats, ["method"], f"Fig. 5: TAG vs DLG ({model}, normal:0.02)",
-                       [common.metric_notes(), "The tag/dlg row is the ratio of the two means.",
+                       [common.METRIC_NOTE, "The tag/dlg row is the ratio of the two means.",
                         "Paired differences TAG - DLG per sentence: " + "; ".join(diff) + ".",
                         common.describe_run(args, f", model {model}")])
     plot(stats[:-1], ratio, args.out / f"{NAME}.png")

@@ -5,7 +5,7 @@ same sentences (an interleaved mixture of CoLA, SST-2 and RTE dev sentences of 3
 the big models are attacked on the first few of them only (``--big-sentences``), since one TAG iteration on
 BERT-base costs ~10x one on TinyBERT4. Weights are drawn from N(0, 0.02^2) (``normal:0.02``).
 
-    python experiments/table2_model_size.py            # full (about 25 min on an idle 2-core machine)
+    python experiments/table2_model_size.py            # full setting (wall times: experiments/README.md)
     python experiments/table2_model_size.py --quick    # tiny model, pii sentences, seconds
 """
 
@@ -27,8 +27,8 @@ BIG = ("tinybert6", "bert-base", "bert-large")
 def main(argv: list[str] | None = None) -> list[dict]:
     p = common.parser(__doc__, full=common.Scale(20, 300), quick=common.Scale(2, 15))
     p.add_argument("--models", nargs="+", default=None, help=f"models (default: {' '.join(MODELS)}; quick: tiny)")
-    p.add_argument("--big-sentences", type=int, default=5,
-                   help="sentences for tinybert6/bert-base/bert-large (default: 5)")
+    p.add_argument("--big-sentences", type=int, default=3,
+                   help="sentences for tinybert6/bert-base/bert-large (default: 3)")
     args = common.setup(p.parse_args(argv))
     models = args.models or (["tiny"] if args.quick else list(MODELS))
     texts = common.pii_sentences(args.sentences, args.seed) if args.quick else \
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def write(rows: list[dict]) -> None:
         common.write_table(args.out, NAME, common.aggregate(rows, ["model"]),
                            ["model"], "Table II: TAG against model size (random init normal:0.02)",
-                           [common.metric_notes(),
+                           [common.METRIC_NOTE,
                             "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words); the big models are "
                             "attacked on the first sentences of the same list (n column).",
                             common.describe_run(args)])

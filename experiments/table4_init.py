@@ -5,7 +5,7 @@ TinyBERT4 architecture is initialised six ways (BERT's scheme with the weight di
 LayerNorm 1/0) and attacked on the same CoLA/SST-2/RTE mixture. TAG's dummy starts at the scale of each model's own
 word embeddings, so the comparison is about the gradient landscape, not a mismatched start.
 
-    python experiments/table4_init.py            # full (about 10 min on an idle 2-core machine)
+    python experiments/table4_init.py            # full setting (wall times: experiments/README.md)
     python experiments/table4_init.py --quick
 """
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def write(rows: list[dict]) -> None:
         common.write_table(args.out, NAME, common.aggregate(rows, ["init"]), ["init"],
                            f"Table IV: TAG against the weight initialisation ({model})",
-                           [common.metric_notes(), "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words), "
+                           [common.METRIC_NOTE, "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words), "
                             "the same sentences and seeds in every row.", common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, after_cell=write)

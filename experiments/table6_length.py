@@ -4,7 +4,7 @@ The paper's Table VI: TAG recovers more of short inputs. Long = RTE dev first se
 65 so that one attack stays affordable; 61-100 WordPiece tokens), short = CoLA dev sentences of at most 9 words.
 TinyBERT4 at ``normal:0.02``, inputs up to 160 tokens (nothing is truncated).
 
-    python experiments/table6_length.py            # full (about 10 min on an idle 2-core machine)
+    python experiments/table6_length.py            # full setting (wall times: experiments/README.md)
     python experiments/table6_length.py --quick    # pii sentences: the first 6 words vs three sentences joined
 """
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def write(rows: list[dict]) -> None:
         common.write_table(args.out, NAME, common.aggregate(rows, ["input"]), ["input"],
                            f"Table VI: TAG against input length ({model})",
-                           [common.metric_notes(), "tokens = WordPiece tokens without [CLS]/[SEP].",
+                           [common.METRIC_NOTE, "tokens = WordPiece tokens without [CLS]/[SEP].",
                             common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, after_cell=write)

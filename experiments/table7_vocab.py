@@ -6,7 +6,7 @@ sentences tokenised with bert-base-uncased (30,522) or bert-base-chinese (21,128
 Chinese vocabulary splits English words into more pieces (about 1.6x as many tokens), so length changes with it;
 the tokens column shows by how much.
 
-    python experiments/table7_vocab.py            # full (about 8 min on an idle 2-core machine)
+    python experiments/table7_vocab.py            # full setting (wall times: experiments/README.md)
     python experiments/table7_vocab.py --quick    # bert-base-uncased vs a small vocabulary the script writes
 """
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def write(rows: list[dict]) -> None:
         common.write_table(args.out, NAME, common.aggregate(rows, ["vocab", "vocab_size"]), ["vocab", "vocab_size"],
                            f"Table VII: TAG against vocabulary size ({model})",
-                           [common.metric_notes(), "Same lower-cased sentences in both rows; tokens = WordPiece "
+                           [common.METRIC_NOTE, "Same lower-cased sentences in both rows; tokens = WordPiece "
                             "tokens per sentence under that vocabulary.", common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, after_cell=write)

@@ -97,22 +97,35 @@ class InlineAttacker:
 class _AttackWorker:
     """The body of the Ray actor: one process that runs jobs one after another."""
 
-    def __init__(self, threads: int = 0) -> None:
+    def __init__(self, threads: int = 0, niceness: int = 10) -> None:
         import torch
 
         torch.set_num_threads(threads or default_threads())
+        if niceness:  # the federation first: rounds get the cores, the attack takes what is left
+            try:
+                os.nice(niceness)
+            except OSError:
+                pass
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def run(self, job: Job, observation, truth) -> dict[str, Any]:
-        if self.device != "cpu":
-            observation.model.to(self.device)
-            observation.gradients = {k: v.to(self.device) for k, v in observation.gradients.items()}
-        record = run_job(job, observation, truth)
-        record["device"] = self.device
-        return record
+        if self.device == "cpu":
+            return {**run_job(job, observation, truth), "device": "cpu"}
+        record = run_job(job, _to(observation, self.device), truth)
+        if "error" not in record:
+            return {**record, "device": self.device}
+        # An attack that cannot run on the GPU (tensors made on the CPU) still gets its answer, on the CPU.
+        retry = run_job(job, _to(observation, "cpu"), truth)
+        return {**retry, "device": "cpu", "gpu_error": record["error"]}
 
     def device_name(self) -> str:
         return self.device
+
+
+def _to(observation, device: str):
+    observation.model.to(device)
+    observation.gradients = {k: v.to(device) for k, v in observation.gradients.items()}
+    return observation
 
 
 def default_threads() -> int:

@@ -100,6 +100,36 @@ def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indice
     return GroundTruth(texts=texts, token_ids=ids, labels=labels)
 
 
+class RoundPrivacy:
+    """Each client's (epsilon, delta) under its defense, composed over the rounds; the round reports the largest.
+
+    Every client is counted in every round (fraction_train = 1): a client that failed a round is still charged,
+    which can only overstate epsilon. FedSGD applies the defense once per round, FedAvg once per local step.
+    """
+
+    def __init__(self, s: Settings) -> None:
+        from defenses import ClientPrivacy, single_release_epsilon
+
+        shards = [len(task.client_shard(s.dataset, s.data_dir, s.partition, s.clients, c, s.seed))
+                  for c in range(s.clients)]
+        self.clients = [ClientPrivacy(s.defense, s.batch_size, n) for n in shards]
+        self.steps = s.local_steps if s.mode == "fedavg" else 1
+        self.single_release = single_release_epsilon(s.defense)[0]
+
+    def after_round(self) -> float:
+        return max(c.record(self.steps) for c in self.clients)
+
+    def describe(self) -> dict:
+        first = self.clients[0]
+        return {"delta": first.delta, "epsilon_explanation": first.explanation,
+                "epsilon_single_release": self.single_release}
+
+
+def make_privacy(s: Settings) -> RoundPrivacy | None:
+    """Accounting only when a defense is on: without one there is no guarantee to report (epsilon stays null)."""
+    return RoundPrivacy(s) if s.defense else None
+
+
 def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
                stop: threading.Event | None = None) -> Result | None:
     """One federation: R rounds of FedAvg, the global model evaluated on dev after each, leakage on the side."""
@@ -115,6 +145,9 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
 
         attacker = make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
     base, strategy = build_strategy(s, train_split, attacker)
+    privacy = make_privacy(s)
+    if privacy is not None:
+        recorder.extra.update(privacy.describe())
     clock = {"last": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -126,6 +159,7 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
         log = base.rounds.get(server_round, {})
         recorder.round(server_round, train_loss=log.get("metrics", {}).get("train-loss"), eval_accuracy=accuracy,
                        eval_loss=loss, seconds=now - clock["last"], failed=log.get("failed", []),
+                       epsilon=privacy.after_round() if privacy is not None and server_round > 0 else None,
                        attacks_submitted=getattr(strategy, "submitted", 0))
         clock["last"] = now
         return MetricRecord({"accuracy": accuracy, "loss": loss})

@@ -52,6 +52,7 @@ class Recorder:
         self.leaks: list[dict[str, Any]] = []
         self.status = "running"
         self.summary: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # run-level facts others add to the summary (privacy accounting)
         self.done = threading.Event()  # set when finish() has written everything
 
     def note(self, line: str) -> None:
@@ -72,6 +73,8 @@ class Recorder:
         append_jsonl(self.out / "rounds.jsonl", row)
         line = (f"round {server_round}/{s.rounds}  train loss {_fmt(train_loss)}  dev acc {eval_accuracy:.3f}  "
                 f"loss {eval_loss:.3f}  {seconds:5.1f} s")
+        if epsilon is not None:
+            line += f"  ε {epsilon:.3g}"
         if s.attack != "none":
             scored = [r for r in self.leaks if "error" not in r]
             line += f"  | attacks: {attacks_submitted} sent, {len(self.leaks)} done"
@@ -109,6 +112,7 @@ class Recorder:
             "final_eval_loss": last.get("eval_loss"),
             "final_train_loss": last.get("train_loss"),
             "epsilon": last.get("epsilon"),
+            **self.extra,
             "attacks": {"scored": len(scored), "errors": len(self.leaks) - len(scored)},
             **{key: _mean([r.get(key) for r in scored]) for key in LEAK_KEYS},
             "attack_seconds": _mean([r.get("seconds") for r in scored]),

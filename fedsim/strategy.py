@@ -100,7 +100,7 @@ class CuriousServer(Strategy):
     # --- steps a subclass may override ---------------------------------------------------------------------
     def targets(self, server_round: int, replies: list[Message]) -> list[Message]:
         """Which updates to attack: all, or K clients drawn from (seed, round)."""
-        valid = [m for m in replies if not m.has_error()]
+        valid = sorted((m for m in replies if not m.has_error()), key=client_of)  # arrival order is random
         k = self.plan.clients_per_round
         if k is None or k >= len(valid):
             return valid

@@ -24,7 +24,6 @@ from fedsim.text import decode, load_tokenizer, make_batch
 from fedsim.train import Batch, batch_gradients, batch_loss, evaluate, sgd_step
 
 MODES = ("fedsgd", "fedavg")
-ATTACKS = ("none", "dlg", "tag")
 GradientFn = Callable[[PreTrainedModel, Batch], dict[str, torch.Tensor]]
 
 
@@ -52,7 +51,7 @@ class Settings:
     attack_gpus: str = "auto"  # "auto": 1 when CUDA is visible, else 0; or a number
     attack_threads: int = 0  # torch threads for the attack; 0 = all cores but one
     attack_timeout: float = 600.0  # seconds to wait for outstanding attack jobs after the last round
-    defense: list[str] = field(default_factory=list)  # client-side gradient defenses (issue 5); empty = none
+    defense: list[str] = field(default_factory=list)  # client-side defenses, applied in order; empty = none
     eval_examples: int = 0  # 0 = the whole dev split
     seed: int = 0
     out: str = "runs/simulate"
@@ -63,8 +62,15 @@ class Settings:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
-        if self.attack not in ATTACKS:
-            raise UsageError(f"unknown attack {self.attack!r}; accepted: {', '.join(ATTACKS)}")
+        if self.attack != "none":
+            from adversary.registry import available
+
+            if self.attack not in available():
+                raise UsageError(f"unknown attack {self.attack!r}; accepted: none, {', '.join(available())}")
+        if self.defense:
+            from defenses import parse_defenses
+
+            parse_defenses(self.defense)  # a malformed spec fails here, not inside a client
         for name in ("clients", "rounds", "batch_size", "local_steps", "attack_iterations", "max_length"):
             if int(getattr(self, name)) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
@@ -98,7 +104,7 @@ class Settings:
 
     # --- Flower run_config <-> Settings -------------------------------------------------------------------------
     def to_run_config(self) -> dict[str, Any]:
-        return {k.replace("_", "-"): (",".join(v) if isinstance(v, list) else v) for k, v in asdict(self).items()}
+        return {k.replace("_", "-"): ("+".join(v) if isinstance(v, list) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> "Settings":
@@ -111,7 +117,7 @@ class Settings:
                 raise UsageError(f"unknown run_config key {key!r}; accepted: {', '.join(sorted(cls().to_run_config()))}")
             default = getattr(cls, name, None)
             if name == "defense":
-                value = [s for s in str(value).split(",") if s.strip()] if isinstance(value, str) else list(value)
+                value = defense_list(value)
             elif isinstance(default, bool):
                 value = bool(value)
             elif isinstance(default, int):
@@ -128,7 +134,7 @@ class Settings:
         return {"model": self.model, "vocab": self.vocab, "max-length": self.max_length, "dataset": self.dataset,
                 "data-dir": self.data_dir, "partition": self.partition, "seed": self.seed, "mode": self.mode,
                 "batch-size": self.batch_size, "local-steps": self.local_steps, "lr": self.lr,
-                "defense": ",".join(self.defense)}
+                "defense": "+".join(self.defense)}
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -181,9 +187,15 @@ def state_of(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 # --- training and evaluation ------------------------------------------------------------------------------------
+def defense_list(value: str | list[str]) -> list[str]:
+    """Defense settings from a run_config value: one string, specs composed with ``+`` (commas belong to ``dp:``)."""
+    values = [value] if isinstance(value, str) else list(value)
+    return [v.strip() for v in values if v.strip() and v.strip() != "none"]
+
+
 def make_gradient_fn(defense: list[str] | str = "") -> GradientFn:
-    """The client's gradient: the hook where client-side defenses (issue 5) plug in. Default: plain FedSGD."""
-    specs = [s for s in (defense.split(",") if isinstance(defense, str) else defense) if s.strip()]
+    """The client's gradient: the hook where client-side defenses plug in. Default: plain FedSGD."""
+    specs = defense_list(defense)
     if not specs:
         return batch_gradients
     from defenses import build_gradient_fn  # only imported when a defense is asked for

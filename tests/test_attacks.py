@@ -146,6 +146,21 @@ def test_distances_match_hand_computation():
     assert cosine_distance(dummy, target).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_hand_written_backward_matches_autograd():
+    torch.manual_seed(0)
+    target = GradientTarget(["embeddings.x", "encoder.layer.0.w", "classifier.b"],
+                            [torch.randn(4), torch.randn(3, 2), torch.randn(2)], [0, 1, 2])
+    dummy = [torch.randn_like(t).requires_grad_() for t in target.tensors]
+    alpha = [0.1, 0.1 * 2 / 3, 0.1 / 3]
+    for fn, weights in ((squared_l2, [0.0] * 3), (tag_distance(0.1), alpha)):
+        got = torch.autograd.grad(fn(dummy, target), dummy)
+        reference = sum(((d - t) ** 2).sum() + a * (d - t).abs().sum()
+                        for d, t, a in zip(dummy, target.tensors, weights))
+        expected = torch.autograd.grad(reference, dummy)
+        for g, e in zip(got, expected):
+            assert torch.allclose(g, e, atol=1e-6)
+
+
 def test_gradient_target_depths_from_names():
     names = ["bert.embeddings.position_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
              "bert.encoder.layer.1.output.dense.bias", "bert.pooler.dense.weight", "classifier.weight"]

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import stat
-import sys
-import time
-import tomllib
 import traceback
 from pathlib import Path
 
@@ -22,10 +19,15 @@ from flwr.serverapp import Grid
 
 from fedsim import task
 from fedsim.client_app import app as client_app
-from fedsim.strategy import AttackPlan, CuriousServer, FedAvgWithLog
+from fedsim.strategy import FedAvgWithLog
 from fedsim.task import Settings
 from fedsim.text import load_tokenizer
 from fedsim.train import batch_gradients
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +75,16 @@ class LocalGrid(Grid):
             except Exception:
                 replies.append(Message(Error(code=1, reason=traceback.format_exc()), reply_to=msg))
         return replies
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny-model ops gain nothing from threads; on a shared 2-core machine a spinning second thread costs a lot.
+    One thread is also what each Ray client has, so in-process and Ray runs compute the same floats."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +201,23 @@ def test_strategy_sees_every_update_and_derives_the_clients_gradient(tmp_path, m
         assert truth.labels == [int(train.dataset[i]["label"]) for i in used]
 
 
+def test_attack_clients_k_attacks_k_clients_per_round_chosen_by_the_seed(tmp_path):
+    s = small(tmp_path, clients=3, attack_clients="1")
+    train = task.load_split("pii", "train", "", s.seed)
+    arrays = ArrayRecord(task.state_of(task.initial_model(s, train.num_labels)))
+    chosen = []
+    for _ in range(2):
+        attacker = Capture()
+        _, strategy = curious(s, attacker, train)
+        grid = LocalGrid(3)
+        for rnd in (1, 2, 3):
+            msgs = strategy.configure_train(rnd, arrays, ConfigRecord(s.client_config()), _Nodes(list(grid.nodes)))
+            strategy.aggregate_train(rnd, list(reversed(grid.send_and_receive(msgs))))
+        chosen.append([(job.round, job.client) for job, _, _ in attacker.jobs])
+    assert [r for r, _ in chosen[0]] == [1, 2, 3]  # one client per round
+    assert chosen[0] == chosen[1]  # the same ones again: drawn from the seed, not from arrival order
+
+
 def _copy(msg: Message, drop_truth: bool) -> Message:
     content = RecordDict({k: v for k, v in msg.content.items() if not (drop_truth and k == "truth")})
     return Message(content=content, metadata=msg.metadata)
@@ -236,13 +265,8 @@ def test_simulation_on_ray_end_to_end(tmp_path):
     assert mean_rouge1 > baseline + 0.4, (mean_rouge1, baseline, [r["reconstruction"] for r in leaks])
 
     # same seed, same rounds and reconstructions: the Ray run and an in-process run of the same settings agree
-    # (one thread, as each Ray client has: the attack amplifies float differences between thread counts)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_local(small(tmp_path, out=str(tmp_path / "again"), attack_iterations=RAY_ITERATIONS))
-    finally:
-        torch.set_num_threads(threads)
+    # (both single-threaded, see _one_thread: the attack amplifies float differences between thread counts)
+    run_local(small(tmp_path, out=str(tmp_path / "again"), attack_iterations=RAY_ITERATIONS))
     again = read(tmp_path / "again" / "leakage.jsonl")
     assert _texts(again) == _texts(leaks)
     for a, b in zip(read(tmp_path / "again" / "rounds.jsonl"), rounds):

@@ -69,6 +69,7 @@ def test_noise_makes_the_span_check_fail(tokenizer):
     rec = get_attack("span")(obs)
     assert rec.info["span_check_passed"] is False
     assert rec.texts == [""]
+    assert token_set(obs).numel() == obs.model.get_input_embeddings().weight.shape[0]  # no false restriction
     # The noised first-layer gradient has no drop to float32 rounding: it reads as full rank.
     clean, _ = observe(tokenizer, SINGLE, [1])
     name = "bert.encoder.layer.0.attention.self.query.weight"

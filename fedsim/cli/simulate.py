@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fedsim.cli.options import add_model_options, add_run_options, check_dataset, positive_float, positive_int
-from fedsim.task import ATTACKS, MODES, Settings
+from fedsim.task import MODES, Settings
 
 HELP = "run a federation whose server reconstructs the clients' private text from their updates"
 DEFAULTS = Settings()
@@ -35,7 +35,8 @@ def add_simulate_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help=f"client SGD learning rate (default: {DEFAULTS.lr:g})")
 
     g = parser.add_argument_group("curious server")
-    g.add_argument("--attack", choices=ATTACKS, default=DEFAULTS.attack, help=f"(default: {DEFAULTS.attack}; none runs no attack code)")
+    g.add_argument("--attack", default=DEFAULTS.attack, metavar="METHOD",
+                   help=f"none, dlg, tag, span, lamp or best (default: {DEFAULTS.attack}; none runs no attack code)")
     g.add_argument("--attack-iterations", type=positive_int, default=DEFAULTS.attack_iterations,
                    help=f"(default: {DEFAULTS.attack_iterations})")
     g.add_argument("--attack-clients", default=DEFAULTS.attack_clients, help="all, or K clients per round (default: all)")
@@ -46,6 +47,11 @@ def add_simulate_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attack-threads", type=int, default=DEFAULTS.attack_threads, help="torch threads for the attack; 0 = all cores but one (default: 0)")
     g.add_argument("--attack-timeout", type=positive_float, default=DEFAULTS.attack_timeout,
                    help=f"seconds to wait for unfinished attacks after the last round (default: {DEFAULTS.attack_timeout:g})")
+
+    g = parser.add_argument_group("client-side defense")
+    g.add_argument("--defense", action="append", default=[], metavar="SPEC",
+                   help="noise:sigma=S, clip:c=C, dp:sigma=S,c=C or prune:p=P, applied on the client before the "
+                        "update leaves it (repeatable: applied in order; default: none)")
 
     add_run_options(parser, out=DEFAULTS.out)
     parser.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
@@ -74,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     attack_clients=str(args.attack_clients), attack_backend=args.attack_backend,
                     attack_gpus=str(args.attack_gpus), attack_threads=max(0, args.attack_threads),
                     attack_timeout=args.attack_timeout, eval_examples=args.eval_examples or 0, seed=args.seed,
+                    defense=[d for d in args.defense if d.strip() and d.strip() != "none"],
                     out=args.out)
 
 
@@ -85,18 +92,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    _check_inputs(settings)
+    check_inputs(settings)
     from fedsim import simulate
 
     summary = simulate.run(settings, verbose=args.verbose)
     return 0 if summary.get("status") == "completed" else 1
 
 
-def _check_inputs(s: Settings) -> None:
+def check_inputs(s: Settings) -> None:
     """Fail fast, in the terminal, on what would otherwise fail inside a Ray worker: model, data, shard sizes."""
+    from pathlib import Path
+
     from fedsim import task
     from fedsim.errors import UsageError
 
+    if Path(s.out).exists() and not Path(s.out).is_dir():
+        raise UsageError(f"--out {s.out!r} is a file; give a directory")
     train = task.load_split(s.dataset, "train", s.data_dir, s.seed)
     task.load_split(s.dataset, "dev", s.data_dir, s.seed)
     task.initial_model(s, train.num_labels)

@@ -1,0 +1,147 @@
+"""[noise] Gaussian noise on the gradient (the second seed paper's defense): leakage, epsilon, accuracy and training
+loss against the noise level sigma.
+
+Two halves, both over the library:
+
+* leakage: TAG attacks each sentence's defended gradient (``AttackJob(defenses=...)``, lengths public as in the TAG
+  threat model) for every sigma: ROUGE and Recover Rate against sigma;
+* utility: ``fedsim.sweep.sweep`` runs one federation per sigma (FedSGD, no attack in the loop): final dev accuracy
+  and training loss per round against sigma.
+
+The defense is ``clip:c=C+noise:sigma=S``: the clip bounds the update's norm (C = 10 by default, above the ~6.6 norm
+of a TinyBERT4 sentence gradient at normal:0.02, so it rarely changes the update) and so gives the noise a finite
+privacy cost. Epsilon (delta = 1e-5) comes from ``defenses``: the single-release Gaussian bound the seed paper uses,
+and the composition over the rounds one client sent (dp-accounting RDP). Noise without a clip has epsilon = inf.
+
+    python experiments/noise_sweep.py            # full setting (wall times: experiments/README.md)
+    python experiments/noise_sweep.py --quick    # tiny model, pii, two settings
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # run as python experiments/NAME.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import common
+from fedsim.io import read_jsonl
+
+NAME = "noise_sweep"
+SIGMAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 10.0)
+
+
+def spec(sigma: float, clip: float) -> str:
+    return "none" if sigma == 0 else f"clip:c={clip:g}+noise:sigma={sigma:g}"
+
+
+def privacy(defense: str, batch_size: int, shard_size: int, rounds: int) -> tuple[float, float]:
+    """(epsilon over the rounds one client sent, single-release epsilon), delta = 1e-5."""
+    from defenses import compute_epsilon, single_release_epsilon
+
+    if defense == "none":
+        return math.inf, math.inf
+    return compute_epsilon(defense, batch_size, shard_size, rounds)[0], single_release_epsilon(defense)[0]
+
+
+def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
+    plt = common.pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    labels = ["0" if r["sigma"] == 0 else f"{r['sigma']:g}" for r in rows]
+    xs = list(range(len(rows)))
+    ax = axes[0][0]
+    for m in ("rouge1", "rouge2", "recover_rate"):
+        ax.errorbar(xs, [r[f"{m}_mean"] for r in rows], yerr=[0 if math.isnan(r[f"{m}_ci95"]) else r[f"{m}_ci95"]
+                    for r in rows], marker="o", capsize=3, label=common.LABELS[m])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("leakage (TAG, mean and 95% CI over sentences)")
+    ax = axes[0][1]
+    for key, label in (("epsilon_rounds", "composed over the client's rounds (RDP)"),
+                       ("epsilon_single", "single release (analytic Gaussian)")):
+        finite = [(x, r[key]) for x, r in zip(xs, rows) if math.isfinite(r[key])]
+        ax.plot([x for x, _ in finite], [e for _, e in finite], marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_title("epsilon (delta = 1e-5); sigma = 0 has no finite epsilon")
+    ax = axes[1][0]
+    ax.plot(xs, [r["final_accuracy"] for r in rows], marker="o", label="final dev accuracy")
+    ax.plot(xs, [r["final_train_loss"] for r in rows], marker="s", label="final training loss")
+    ax.set_title("utility of the federation")
+    for a in (axes[0][0], axes[0][1], axes[1][0]):
+        a.set_xticks(xs, labels)
+        a.set_xlabel("noise sigma (clip c fixed)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    ax = axes[1][1]
+    for label, rounds in zip(labels, runs.values()):
+        ax.plot([r["round"] for r in rounds], [r["train_loss"] for r in rounds], marker=".", label=f"sigma={label}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean client training loss")
+    ax.set_title("convergence under noisy gradients")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    common.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None = None) -> list[dict]:
+    """``federation(settings) -> summary``: how each sweep run is executed (default: ``fedleak simulate`` on Ray)."""
+    p = common.parser(__doc__, full=common.Scale(4, 300), quick=common.Scale(1, 10))
+    p.add_argument("--sigmas", type=float, nargs="+", default=None, help=f"default: {SIGMAS}; quick: 0 0.1")
+    p.add_argument("--clip", type=float, default=10.0, help="clip norm C before the noise (default: 10)")
+    p.add_argument("--rounds", type=int, default=None, help="federation rounds (default: 10; quick: 1)")
+    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="client batch in the federation (default: 8)")
+    args = common.setup(p.parse_args(argv))
+    from fedsim.sweep import sweep
+    from fedsim.task import Settings, load_split
+
+    sigmas = args.sigmas or ([0.0, 0.1] if args.quick else list(SIGMAS))
+    model, dataset = ("tiny", "pii") if args.quick else ("tinybert4", "sst2")
+    rounds = args.rounds or (1 if args.quick else 10)
+    defenses = [spec(s, args.clip) for s in sigmas]
+    texts = common.pii_sentences(args.sentences, args.seed) if args.quick else \
+        common.glue_sentences("sst2", args.sentences, args.data_dir, args.seed, min_words=3, max_words=30)
+    cells = [common.Cell({"sigma": s, "defense": d}, texts, common.AttackJob(
+        model=model, init="normal:0.02", method="tag", iterations=args.iterations, seed=args.seed,
+        defenses=() if d == "none" else (d,))) for s, d in zip(sigmas, defenses)]
+    attacks = common.aggregate(common.run_cells(cells, NAME, args.out), ["sigma", "defense"])
+
+    data_dir = "" if args.quick else str(args.data_dir)
+    base = Settings(model=model, init="normal:0.02", dataset=dataset, data_dir=data_dir, clients=args.clients,
+                    rounds=rounds, batch_size=args.batch_size, attack="none", attack_backend="inline",
+                    eval_examples=20 if args.quick else 300, seed=args.seed, out=str(args.out / "raw"))
+    federations = sweep(base, defenses, ["none"], args.out / "raw" / f"{NAME}_runs", run=federation)
+    shard = len(load_split(dataset, "train", data_dir, args.seed)) // args.clients
+    rows, runs = [], {}
+    for a, f in zip(attacks, federations):
+        summary = json.loads((Path(f["run_dir"]) / "summary.json").read_text())
+        runs[a["defense"]] = [r for r in read_jsonl(Path(f["run_dir"]) / "rounds.jsonl") if r.get("train_loss") is not None]
+        eps_rounds, eps_single = privacy(a["defense"], args.batch_size, shard, summary.get("rounds_completed") or rounds)
+        rows.append({**a, "epsilon_rounds": eps_rounds, "epsilon_single": eps_single,
+                     "final_accuracy": f["final_accuracy"], "initial_accuracy": summary.get("initial_accuracy"),
+                     "final_train_loss": summary.get("final_train_loss"), "rounds": summary.get("rounds_completed")})
+    columns = ["sigma", "defense", "n"] + [f"{m}_{s}" for m in common.METRICS for s in ("mean", "std", "ci95")] + \
+        ["epsilon_rounds", "epsilon_single", "initial_accuracy", "final_accuracy", "final_train_loss", "rounds"]
+    common.write_csv(args.out / f"{NAME}.csv", rows, columns)
+    table = [[f"{r['sigma']:g}", r["defense"], r["n"], *(common.pm(r, m) for m in common.METRICS), r["epsilon_rounds"],
+              r["epsilon_single"], r["final_accuracy"], r["final_train_loss"]] for r in rows]
+    common.write_markdown(args.out / f"{NAME}.md", f"Noise defense: leakage, epsilon and utility against sigma ({model})",
+                          [common.markdown_table(["sigma", "defense", "n", "Recover Rate", "ROUGE-1", "ROUGE-2",
+                                                  "ROUGE-L", "ε (rounds)", "ε (single)", "final acc.",
+                                                  "final train loss"], table)],
+                          [common.METRIC_NOTE,
+                           f"Federation: {model} on {dataset}, {args.clients} clients, {rounds} rounds of FedSGD, batch "
+                           f"{args.batch_size}, lr {base.lr:g}, dev accuracy on {base.eval_examples} examples "
+                           f"(accuracy before training: {rows[0]['initial_accuracy']}). ε at δ = 1e-5: 'rounds' composes "
+                           "the update-level Gaussian mechanism over the rounds one client sent (RDP), 'single' is one "
+                           "release (the seed paper's bound); inf = no finite guarantee.",
+                           common.describe_run(args, f", model {model}")])
+    plot(rows, runs, args.out / f"{NAME}.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

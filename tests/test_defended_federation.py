@@ -1,0 +1,82 @@
+"""Defenses inside the federation: the client applies them, the server accounts for them, `fedleak sweep`."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from test_federation import _one_thread, _task_identity, read, run_local, small  # noqa: F401  (fixtures too)
+
+from defenses import compute_epsilon
+from fedsim import task
+from fedsim.cli import main
+from fedsim.sweep import sweep
+
+
+def test_dp_sgd_run_reports_growing_epsilon_matching_dp_accounting(tmp_path):
+    s = small(tmp_path, defense=["dp:sigma=1,c=1"], attack="none", rounds=3)
+    recorder, lines = run_local(s)
+    eps = [r["epsilon"] for r in read(Path(s.out) / "rounds.jsonl")]
+    assert len(eps) == 3 and all(math.isfinite(e) for e in eps) and eps[0] < eps[1] < eps[2]
+    smallest_shard = min(len(task.client_shard("pii", "", "iid", 2, c, s.seed)) for c in range(2))
+    expected, _ = compute_epsilon(["dp:sigma=1,c=1"], 1, smallest_shard, steps=3)
+    assert eps[-1] == pytest.approx(expected, rel=1e-9)  # the largest epsilon: the client with the smallest shard
+    assert recorder.summary["epsilon"] == eps[-1] and "example" in recorder.summary["epsilon_explanation"]
+    assert any("ε" in line for line in lines)
+
+
+def test_noise_without_clipping_has_no_finite_epsilon(tmp_path):
+    s = small(tmp_path, defense=["noise:sigma=0.1"], attack="none", rounds=1)
+    recorder, _ = run_local(s)
+    assert read(Path(s.out) / "rounds.jsonl")[0]["epsilon"] == "inf"
+    assert "unbounded" in recorder.summary["epsilon_explanation"] or "no clip" in recorder.summary["epsilon_explanation"]
+
+
+def test_no_defense_reports_no_epsilon(tmp_path):
+    s = small(tmp_path, attack="none", rounds=1)
+    run_local(s)
+    assert read(Path(s.out) / "rounds.jsonl")[0]["epsilon"] is None
+
+
+def test_strong_noise_on_the_client_lowers_what_the_server_recovers(tmp_path):
+    settings = dict(rounds=1, attack_iterations=300)
+    clean, _ = run_local(small(tmp_path, out=str(tmp_path / "clean"), **settings))
+    noisy, _ = run_local(small(tmp_path, out=str(tmp_path / "noisy"), defense=["noise:sigma=1"], **settings))
+    assert clean.summary["rouge1"] > 0.6
+    assert noisy.summary["rouge1"] < clean.summary["rouge1"] - 0.3
+
+
+def test_sweep_writes_tradeoff_rows_plot_and_run_dirs(tmp_path):
+    base = small(tmp_path, rounds=1)
+    rows = sweep(base, ["none", "clip:c=1+noise:sigma=0.5"], ["tag"], tmp_path / "sweep",
+                 run=lambda s: run_local(s)[0].summary, echo=lambda _: None)
+    assert [(r["defense"], r["attack"]) for r in rows] == [("none", "tag"), ("clip:c=1+noise:sigma=0.5", "tag")]
+    with open(tmp_path / "sweep" / "tradeoff.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) [:8] == ["defense", "attack", "epsilon", "epsilon_single_release", "final_accuracy",
+                                   "rouge1", "rouge2", "rougeL"]
+    assert "recover_rate" in table[0]
+    assert table[0]["epsilon"] == "inf" and math.isfinite(float(table[1]["epsilon"]))
+    # the seed paper's single release: the analytic Gaussian mechanism at multiplier sigma / c = 0.5
+    assert float(table[1]["epsilon_single_release"]) == pytest.approx(dp_accounting.get_epsilon_gaussian(0.5, 1e-5))
+    assert all(0 <= float(r["rouge1"]) <= 1 for r in table)
+    assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 10_000
+    assert all((Path(r["run_dir"]) / "rounds.jsonl").is_file() for r in rows)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["simulate", "--defense", "noise:sigma=-1"], "sigma"),
+    (["simulate", "--defense", "zap:x=1"], "zap"),
+    (["sweep", "--defense", "none", "--defense", "dp:sigma=1"], "dp"),
+    (["sweep", "--attack", "telepathy"], "telepathy"),
+])
+def test_bad_defense_or_attack_is_one_line_exit_2(capsys, argv, needle):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err

@@ -1,0 +1,144 @@
+"""Every reproduction script's ``--quick`` runs (tiny model, built-in sentences, no ../shared) and writes its files."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import math
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_COLUMNS = [f"{m}_{s}" for m in ("recover_rate", "rouge1", "rouge2", "rougeL") for s in ("mean", "std", "ci95")]
+# script -> (key columns of its CSV, whether it draws a PNG, whether its CSV holds leakage metrics)
+SCRIPTS = {
+    "table2_model_size": (["model", "n"], False, True),
+    "fig5_tag_vs_dlg": (["method", "n"], True, True),
+    "table4_init": (["init", "n"], False, True),
+    "table5_pretrained": (["dataset", "weights", "n"], False, True),
+    "table6_length": (["input", "n"], False, True),
+    "table7_vocab": (["vocab", "vocab_size", "n"], False, True),
+    "fig2_loss_curves": (["model", "iteration", "loss_mean", "relative_loss_mean"], True, False),
+    "fig3_pca": (["sentence", "iteration", "l2_to_true", "cosine_to_true", "token_accuracy"], True, False),
+    "noise_sweep": (["sigma", "defense", "n", "epsilon_rounds", "epsilon_single", "final_accuracy",
+                     "final_train_loss"], True, True),
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def number(text: str) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def private(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def local_federation(settings) -> dict:
+    """The sweep's federations through the real ServerApp/ClientApp in this process (``LocalGrid`` from
+    test_federation): Ray's start-up would cost minutes per run on a loaded 2-core machine."""
+    from flwr.supercore.task_identity import TaskIdentity
+    from test_federation import run_local
+
+    names = ("_task_id", "_run_id", "_node_id")  # outside a Flower run nobody sets these (see test_federation)
+    before = {name: getattr(TaskIdentity, name) for name in names}
+    try:
+        for name in names:
+            setattr(TaskIdentity, name, before[name] or 1)
+        recorder, _ = run_local(settings)
+    finally:
+        for name, value in before.items():
+            setattr(TaskIdentity, name, value)
+    return recorder.summary
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory):
+    """``quick(name)``: the output directory of the script's ``--quick`` run (each script runs once per module)."""
+    done: dict[str, Path] = {}
+
+    def run(name: str) -> Path:
+        if name not in done:
+            out = tmp_path_factory.mktemp(name)
+            extra = {"federation": local_federation} if name == "noise_sweep" else {}
+            importlib.import_module(f"experiments.{name}").main(["--quick", "--out", str(out), "--threads", "1"], **extra)
+            done[name] = out
+        return done[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_quick_run_writes_tables(name: str, quick) -> None:
+    columns, has_png, leakage = SCRIPTS[name]
+    tmp_path = quick(name)
+    rows = read_csv(tmp_path / f"{name}.csv")
+    assert rows, f"{name}.csv is empty"
+    assert set(columns) <= set(rows[0]), f"{name}.csv lacks {set(columns) - set(rows[0])}"
+    md = (tmp_path / f"{name}.md").read_text(encoding="utf-8")
+    assert md.startswith("# ") and "| --- |" in md and "Run: quick" in md
+    if has_png:
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    if leakage:
+        assert set(METRIC_COLUMNS) <= set(rows[0])
+        for row in rows:
+            if row.get("method") == "tag/dlg":  # fig5's ratio row
+                continue
+            n = int(row["n"])
+            assert n >= 1
+            for m in ("recover_rate", "rouge1", "rouge2", "rougeL"):
+                mean, std = number(row[f"{m}_mean"]), number(row[f"{m}_std"])
+                assert 0.0 <= mean <= 1.0, (name, m, row)
+                assert std >= 0.0 if n > 1 else math.isnan(std), (name, m, row)  # no spread from one sentence
+    raw = tmp_path / "raw" / f"{name}.jsonl"
+    assert raw.is_file() and private(raw), "per-sentence reconstructions must be written 0600"
+
+
+def test_fig5_examples_are_private(quick) -> None:
+    tmp_path = quick("fig5_tag_vs_dlg")
+    examples = tmp_path / "fig5_tag_vs_dlg_examples.md"
+    assert private(examples)
+    text = examples.read_text(encoding="utf-8")
+    assert "best TAG ROUGE-L" in text and "| reference | TAG |" in text
+    ratio = [r for r in read_csv(tmp_path / "fig5_tag_vs_dlg.csv") if r["method"] == "tag/dlg"]
+    assert len(ratio) == 1
+
+
+def test_fig3_reports_the_motion_from_start_to_end(quick) -> None:
+    tmp_path = quick("fig3_pca")
+    rows = read_csv(tmp_path / "fig3_pca.csv")
+    assert int(rows[0]["iteration"]) == 0 and int(rows[-1]["iteration"]) == 20
+    assert all(0.0 <= float(r["token_accuracy"]) <= 1.0 and -1.0 <= float(r["cosine_to_true"]) <= 1.0 for r in rows)
+    assert private(tmp_path / "fig3_pca.png")  # it labels the private tokens
+
+
+def test_noise_sweep_renders_with_fedleak_report(quick) -> None:
+    from fedsim.report import render
+
+    tmp_path = quick("noise_sweep")
+    rows = read_csv(tmp_path / "noise_sweep.csv")
+    assert [float(r["sigma"]) for r in rows] == [0.0, 0.1]
+    assert rows[0]["epsilon_rounds"] == "inf" and math.isfinite(float(rows[1]["epsilon_single"]))
+    assert 0.0 <= float(rows[1]["final_accuracy"]) <= 1.0
+    text = render(tmp_path / "raw" / "noise_sweep_runs")
+    assert "Defense sweep" in text and "noise:sigma=0.1" in text
+
+
+def test_script_runs_as_a_file(tmp_path: Path) -> None:
+    """``python experiments/NAME.py`` works from a clone (the scripts put the repository on sys.path themselves)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("FEDLEAK_GLUE_DIR", None)
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "table2_model_size.py"), "--quick", "--out",
+                           str(tmp_path), "--threads", "1", "--iterations", "3"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_csv(tmp_path / "table2_model_size.csv")[0]["model"] == "tiny"
