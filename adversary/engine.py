@@ -62,7 +62,7 @@ class MatchState:
     dummy: torch.Tensor
     label_logits: torch.Tensor | None
     fixed_labels: torch.Tensor | None
-    history: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)  # scratch space for hooks (e.g. a discrete search's candidates)
 
     def labels(self) -> list[int]:
         if self.label_logits is not None:
@@ -77,6 +77,8 @@ class GradientMatcher:
     def __init__(self, observation: Observation, config: MatchConfig, seed: int = 0) -> None:
         if config.labels not in LABEL_STRATEGIES:
             raise UsageError(f"unknown label strategy {config.labels!r}; accepted: {', '.join(LABEL_STRATEGIES)}")
+        if config.keep not in ("last", "best"):
+            raise UsageError(f"unknown keep rule {config.keep!r}; accepted: last, best")
         self.started = time.perf_counter()  # the runtime metric counts set-up as well
         self.observation, self.config = observation, config
         model = observation.model

@@ -16,11 +16,12 @@ A certified sequence is settled: its own embedding gradient (exact, the batch lo
 losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
 a sequence in the span that explains no token's gradient is rejected.
 
-Thresholds come from the gradients: rank at the largest singular-value drop that lands at float32 rounding level
-(eps32 * ||G||_F); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality below a few
-float32 ulps (8 * sqrt(d) * eps32); a sequence is certified below sqrt(eps32), and a B > 1 batch only when its
-gradient matches the observed one to float32 precision (1 - cos < eps32). Noise makes the gradient full rank, so
-the check fails instead of returning confident garbage.
+Thresholds come from the gradients and float32 precision: rank at the largest singular-value drop that lands at
+rounding level (eps32 * ||G||_F); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality
+below a few ulps (|cos| <= 4 * eps32); a residual is zero below sqrt(eps32) of its parts, and a sequence certified
+below sqrt(eps32) (the geometric mean of eps32 and 1); a B > 1 batch passes only when its gradient matches the
+observed one (1 - cos < eps32). Noise makes the gradient full rank, so the check fails instead of returning
+confident garbage.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Span:
     rank: int
     passed: bool  # a drop to float32 rounding level that leaves a complement
     tol: float  # membership threshold on the relative distance
+    vh: torch.Tensor  # all right singular vectors, to re-cut at another rank
+
+    def with_rank(self, rank: int) -> "Span":
+        rank = min(rank, self.vh.shape[0])
+        return Span(self.vh[:rank].T.contiguous(), self.singular, rank, False, self.tol, self.vh)
 
     def distance(self, x: torch.Tensor) -> torch.Tensor:
         """Relative distance of each row of x to the span (0 in it, ~1 far from it)."""
@@ -77,7 +83,7 @@ def gradient_span(grads: list[torch.Tensor], rank: int | None = None) -> Span:
         k = min(rank, n)
     passed = rank is None and k <= n - 2 and float(s[k]) <= floor
     bound = float(s[k] / s[k - 1]) if k < n else 1.0
-    return Span(basis=vh[:k].T.contiguous(), singular=rel, rank=k, passed=passed, tol=bound)
+    return Span(basis=vh[:k].T.contiguous(), singular=rel, rank=k, passed=passed, tol=bound, vh=vh)
 
 
 def _linker_span(grad: torch.Tensor, max_tokens: int) -> Span:
@@ -87,7 +93,7 @@ def _linker_span(grad: torch.Tensor, max_tokens: int) -> Span:
     span = gradient_span([grad])
     n = span.singular.numel()
     rank = max(span.rank, min(max_tokens, n - n // 5))
-    return span if rank == span.rank else gradient_span([grad], rank=rank)
+    return span if rank == span.rank else span.with_rank(rank)
 
 
 class LayerInputs:
@@ -101,7 +107,7 @@ class LayerInputs:
         self.type = emb.token_type_embeddings.weight.detach()
         self.ln = emb.LayerNorm
 
-    def raw(self, tokens: torch.Tensor, p: int | torch.Tensor, s: int) -> torch.Tensor:
+    def raw(self, tokens: torch.Tensor, p: int | torch.Tensor, s: int | torch.Tensor) -> torch.Tensor:
         return self.word[tokens].double() + self.pos[p].double() + self.type[s].double()
 
     def x(self, tokens: torch.Tensor, p: int | torch.Tensor, s: int) -> torch.Tensor:
@@ -109,7 +115,7 @@ class LayerInputs:
         b = self.ln.bias.detach().double() if self.ln.bias is not None else None
         return torch.nn.functional.layer_norm(self.raw(tokens, p, s), (self.word.shape[1],), w, b, self.ln.eps)
 
-    def direction(self, tokens: torch.Tensor, p: int, s: int) -> torch.Tensor:
+    def direction(self, tokens: torch.Tensor, p: int | torch.Tensor, s: int | torch.Tensor) -> torch.Tensor:
         """Unit vector LayerNorm's backward removes: the centred pre-LayerNorm input."""
         v = self.raw(tokens, p, s)
         v = v - v.mean(-1, keepdim=True)
@@ -178,14 +184,20 @@ class Ledger:
         gw, gp = obs.gradients[gw_name].double(), obs.gradients[gp_name].double()
         tokens = sorted({t for row in self.superset for t, _ in row})
         self.word = {t: gw[t].clone() for t in tokens}
-        self.word0 = {t: float(gw[t].norm()) for t in tokens}
+        self.word0 = {t: float(gw[t].norm()) for t in tokens}  # scales: the largest part seen, for "is it zero"
         self.pos = gp[: len(members)].clone()
-        self.pos0 = self.pos.norm(dim=1)
-        self.tol = 8 * math.sqrt(gw.shape[1]) * EPS32
+        self.pos0 = [float(v) for v in self.pos.norm(dim=1)]
+        keys = [(t, p, s) for p, row in enumerate(self.superset) for t, s in row]
+        units = [inputs.direction(torch.tensor([t]), p, s)[0] for t, p, s in keys] if len(keys) < 2 else \
+            inputs.direction(torch.tensor([k[0] for k in keys]), torch.tensor([k[1] for k in keys]),
+                             torch.tensor([k[2] for k in keys]))
+        self.directions = dict(zip(keys, units))
+        self.ortho = 4 * EPS32  # |cos| of a LayerNorm backward against its own input: a few float32 ulps
+        self.zero = math.sqrt(EPS32)  # a residual this small (relative) is rounding, not a token's gradient
 
     def _orthogonal(self, vec: torch.Tensor, t: int, p: int, s: int) -> bool:
-        u = self.inputs.direction(torch.tensor([t]), p, s)[0]
-        return abs(float(vec @ u)) <= self.tol * float(vec.norm())
+        u = self.directions[(t, p, s)]
+        return abs(float(vec @ u)) <= self.ortho * float(vec.norm())
 
     def pools(self) -> tuple[list[list[Candidate]], list[bool]]:
         """Candidates per position and whether each position's token set is exact."""
@@ -193,8 +205,9 @@ class Ledger:
             return [list(p) for p in self.superset], [False] * len(self.superset)
         n = len(self.superset)
         residual = self.pos.clone()
-        open_ = [float(residual[p].norm()) > self.tol * float(self.pos0[p]) for p in range(n)]
-        remaining = {t: w.clone() for t, w in self.word.items() if float(w.norm()) > self.tol * self.word0[t]}
+        scale = list(self.pos0)
+        open_ = [float(residual[p].norm()) > self.zero * scale[p] for p in range(n)]
+        remaining = {t: w.clone() for t, w in self.word.items() if float(w.norm()) > self.zero * self.word0[t]}
         where: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for p in range(n):
             for t, s in self.superset[p]:
@@ -209,8 +222,9 @@ class Ledger:
                 if len(hits) == 1:
                     p, s = hits[0]
                     assigned[p].add((t, s))
+                    scale[p] = max(scale[p], float(remaining[t].norm()))
                     residual[p] -= remaining.pop(t)
-                    open_[p] = float(residual[p].norm()) > self.tol * float(self.pos0[p])
+                    open_[p] = float(residual[p].norm()) > self.zero * scale[p]
                     progress = True
             for p in [q for q in range(n) if open_[q]]:  # a position with a single unexplained token left
                 hits = [(t, s) for t, s in self.superset[p] if t in remaining
@@ -221,7 +235,7 @@ class Ledger:
                     remaining[t] -= residual[p]
                     residual[p].zero_()
                     open_[p], progress = False, True
-                    if float(remaining[t].norm()) <= self.tol * self.word0[t]:
+                    if float(remaining[t].norm()) <= self.zero * self.word0[t]:
                         del remaining[t]
         out = [sorted(assigned[p] | ({(t, s) for t, s in self.superset[p] if t in remaining} if open_[p] else set()))
                for p in range(n)]
@@ -244,7 +258,8 @@ class Ledger:
             rest = {t: self.word[t].clone() for t, _ in seq}
             for p, (t, _) in enumerate(seq):
                 rest[t] -= e[p]
-            explained = sum(float(r.norm()) <= self.tol * self.word0[t] for t, r in rest.items())
+            explained = sum(float(r.norm()) <= self.zero * max(self.word0[t], float(e[p].norm()))
+                            for p, (t, r) in enumerate((t, rest[t]) for t, _ in seq))
             miss = sum(float(r.norm()) / max(self.word0[t], 1e-300) for t, r in rest.items())
             if best is None or (-explained, miss) < (-best[2], best[1]):
                 best = (y, miss, explained, e)
@@ -253,6 +268,8 @@ class Ledger:
     def settle(self, seq: list[Candidate], rows: torch.Tensor) -> None:
         if self.usable:
             for p, (t, _) in enumerate(seq):
+                part = float(rows[p].norm())
+                self.word0[t], self.pos0[p] = max(self.word0[t], part), max(self.pos0[p], part)
                 self.word[t] -= rows[p]
                 self.pos[p] -= rows[p]
 
@@ -267,7 +284,7 @@ class Linker:
     def __init__(self, obs: Observation, span2: Span, pools: list[list[Candidate]]) -> None:
         base = obs.model.base_model
         self.attn = base.encoder.layer[0].attention
-        self.basis = span2.basis
+        self.basis = span2.basis.float()  # float32 projections err ~1e-6, far below the sqrt(eps32) cut
         self.calls = 0
         self.index = {(p, c): i for i, (p, c) in enumerate((p, c) for p, pool in enumerate(pools) for c in pool)}
         keys = list(self.index)
@@ -287,9 +304,9 @@ class Linker:
         n, length, _ = x.shape
         q, k, v = (t.view(n, length, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2) for t in (q, k, v))
         ctx = torch.softmax(q @ k.transpose(-1, -2) * sa.attention_head_size ** -0.5, dim=-1) @ v
-        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(n, length, -1)) + x).double()
+        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(n, length, -1)) + x)
         y = y / y.norm(dim=-1, keepdim=True)
-        return (y - (y @ self.basis) @ self.basis.T).norm(dim=-1).mean(dim=1)
+        return (y - (y @ self.basis) @ self.basis.T).norm(dim=-1).mean(dim=1).double()
 
     def descend(self, seq: list[Candidate], pools: list[list[Candidate]], sweeps: int = 12, stop: float = 0.0
                 ) -> tuple[tuple[Candidate, ...], float]:

@@ -141,11 +141,11 @@ OnAttack = Callable[[dict, Any, Any, Any], None]  # (cell labels, prepared, reco
 
 
 def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack | None = None,
-              after_cell: Callable[[list[dict]], None] | None = None) -> list[dict]:
+              checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Attack every sentence of every cell with the library's runner; one row per sentence (cell labels included).
 
-    Rows are appended to ``OUT/raw/NAME.jsonl`` (0600: reconstructions) as they come; ``after_cell(rows so far)``
-    runs after each cell, so an interrupted run still leaves the tables of the cells it finished.
+    Rows are appended to ``OUT/raw/NAME.jsonl`` (0600: reconstructions) as they come; ``checkpoint(rows so far)``
+    runs after each sentence (e.g. to rewrite the tables), so an interrupted run still leaves what it finished.
     """
     raw = out / "raw"
     raw_file = raw / f"{name}.jsonl"
@@ -170,8 +170,8 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
             print(f"[{name}] cell {c}/{len(cells)} {cell.labels} sentence {i}/{len(cell.texts)}: "
                   f"RR {row['recover_rate']:.2f} R-1 {row['rouge1']:.2f} R-2 {row['rouge2']:.2f} "
                   f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
-        if after_cell is not None:
-            after_cell(rows)
+            if checkpoint is not None:
+                checkpoint(rows)
     return rows
 
 
@@ -208,7 +208,7 @@ def pm(entry: dict, metric: str, digits: int = 3) -> str:
     """``mean ± std`` of one aggregated metric, for Markdown."""
     mean, std = entry.get(f"{metric}_mean", float("nan")), entry.get(f"{metric}_std", float("nan"))
     if not math.isfinite(mean):
-        return ""
+        return "" if math.isnan(mean) else "inf"
     return f"{mean:.{digits}f}" if not math.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

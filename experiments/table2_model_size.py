@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             "attacked on the first sentences of the same list (n column).",
                             common.describe_run(args)])
 
-    rows = common.run_cells(cells, NAME, args.out, after_cell=write)
-    return rows
+    return common.run_cells(cells, NAME, args.out, checkpoint=write)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_no_defense_reports_no_epsilon(tmp_path):
 
 
 def test_strong_noise_on_the_client_lowers_what_the_server_recovers(tmp_path):
-    settings = dict(rounds=1, attack_iterations=300)
+    settings = dict(rounds=1, clients=1, attack_iterations=300)
     clean, _ = run_local(small(tmp_path, out=str(tmp_path / "clean"), **settings))
     noisy, _ = run_local(small(tmp_path, out=str(tmp_path / "noisy"), defense=["noise:sigma=1"], **settings))
     assert clean.summary["rouge1"] > 0.6
