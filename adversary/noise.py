@@ -47,7 +47,8 @@ def noisy_token_set(observation: Observation, sigma: float, false_positives: flo
         return None
     vocab, hidden = rows.numel(), observation.gradients[word_embedding_name(observation.model)].shape[1]
     z = NormalDist().inv_cdf(1 - false_positives / vocab)
-    threshold = sigma * math.sqrt(hidden + z * math.sqrt(2 * hidden))  # chi-square tail, normal approximation
+    c = 2 / (9 * hidden)  # chi-square quantile by Wilson-Hilferty (the plain normal one is too low for small H)
+    threshold = sigma * math.sqrt(hidden * (1 - c + z * math.sqrt(c)) ** 3)
     kept = torch.nonzero(rows > threshold).squeeze(1)
     lengths = observation.seq_lengths
     capacity = sum(lengths) if lengths else observation.batch_size * int(

@@ -11,7 +11,8 @@ import torch
 from adversary.candidates import gradient_distance
 from adversary.case import observe
 from adversary.engine import GradientMatcher, MatchConfig, attack_mode
-from adversary.lamp import MOVES, DiscreteMoves, LayerCosine, NormPrior, propose, structural_zeros
+from adversary.lamp import LayerCosine, structural_zeros
+from adversary.moves import MOVES, DiscreteMoves, propose
 from adversary.metrics import score
 from adversary.registry import run_attack
 from fedsim.cli import main
@@ -68,8 +69,7 @@ def test_true_tokens_have_zero_layer_cosine_and_a_swap_does_not(clean, tokenizer
     observation, truth = clean
     cosine = LayerCosine()
     matcher = GradientMatcher(observation, MatchConfig(distance=cosine, labels="analytic"), seed=0)
-    prior = NormPrior(1.0)
-    moves = DiscreteMoves(every=1, candidates=0, start=1, last=1, prior=prior, seed=0)
+    moves = DiscreteMoves(every=1, candidates=0, start=1, last=1, seed=0)
     ids = torch.tensor([truth.token_ids[0]])
     with attack_mode(matcher.model):
         zeros = structural_zeros(matcher)
@@ -155,3 +155,18 @@ def test_lamp_and_best_through_the_cli(tmp_path):
                  "--defense", "noise:sigma=1e-4", "--iterations", "20", "--seed", "0", "--out", str(out)]) == 0
     records, summary = read(out)
     assert records[0]["iterations"] == 40 and records[0]["defenses"] == ["noise:sigma=1e-4"]
+
+
+def test_noise_level_and_the_tokens_above_it(clean, noised):
+    from adversary.noise import noise_level, noisy_token_set, signal_weights
+
+    observation, truth = noised
+    sigma = noise_level(observation)
+    assert sigma == pytest.approx(1e-4, rel=0.05)
+    assert set(noisy_token_set(observation, sigma).tolist()) == set(truth.token_ids[0])
+    assert noise_level(clean[0]) == 0.0 and noisy_token_set(clean[0], 0.0) is None
+    weights = signal_weights(list(observation.gradients.values()), sigma)
+    assert bool((weights >= 0).all() and (weights <= 1).all()) and float(weights.min()) < 0.5 < float(weights.max())
+    rec = run_attack("lamp", observation, iterations=30, seed=0, candidates=8)
+    assert rec.info["noise_level"] == pytest.approx(sigma) and rec.info["distance"] == "l2"
+    assert rec.info["vocabulary_restricted"] and set(rec.token_ids[0]) <= set(truth.token_ids[0])
