@@ -171,11 +171,11 @@ def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> fl
 @register("lamp")
 def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr: float = 0.01,
          distance: str = "auto", l1_weight: float = 1e-3, norm_weight: float = 1.0, restrict: bool = True,
-         noise_aware: bool = True, init: str = "normal", init_candidates: int = 20, discrete_every: int = 50, candidates: int = 40,
-         burn_in: float = 0.1, moves: Sequence[str] = MOVES, polish: int = 5, labels: str = "auto",
-         record_every: int = 10,
-         hooks: tuple[Hook, ...] = ()) -> Reconstruction:
-    """LAMP (module doc). ``lr``: Adam step size, decayed linearly to 0; ``discrete_every`` 0 turns the discrete
+         noise_aware: bool = True, init: str = "normal", init_candidates: int = 20, discrete_every: int = 50,
+         candidates: int = 40, burn_in: float = 0.1, moves: Sequence[str] = MOVES, polish: int = 5,
+         labels: str = "auto", record_every: int = 10, hooks: tuple[Hook, ...] = ()) -> Reconstruction:
+    """LAMP (module doc). ``lr``: Adam step size, decayed linearly to 0; ``noise_aware``: read the noise level
+    (:mod:`adversary.noise`) to pick the distance and the vocabulary; ``discrete_every`` 0 turns the discrete
     moves off; ``burn_in``: share of the iterations before the first discrete step; ``polish``: extra discrete
     steps (4 x ``candidates`` each) after the last iteration while they help; ``labels`` as in the engine, or
     ``auto``: ``analytic`` for B = 1 (exact from the bias gradient; LAMP assumes known labels), ``joint-analytic``

@@ -99,13 +99,13 @@ def describe_run(args: argparse.Namespace, extra: str = "") -> str:
 # --- sentences ----------------------------------------------------------------------------------------------------
 def glue_sentences(task: str, n: int, data_dir: str | Path, seed: int = 0, *, split: str = "dev",
                    min_words: int = 0, max_words: int | None = None) -> list[str]:
-    """``n`` sentences drawn at random (by ``seed``) from a GLUE split, first segment only, by word count."""
+    """``n`` distinct sentences drawn at random (by ``seed``) from a GLUE split, first segment only, by word count."""
     import numpy as np
 
     from fedsim.data import load_task
     from fedsim.errors import UsageError
 
-    texts = [t for t in load_task(task, split, str(data_dir)).dataset["text"]
+    texts = [t for t in dict.fromkeys(load_task(task, split, str(data_dir)).dataset["text"])  # RTE repeats premises
              if len(t.split()) >= min_words and (max_words is None or len(t.split()) <= max_words)]
     if len(texts) < n:
         raise UsageError(f"{task} {split}: only {len(texts)} sentences with {min_words}..{max_words} words, {n} asked")
