@@ -17,27 +17,7 @@ from fedsim.text import load_tokenizer, make_batch
 
 SENTENCE = "the cat sat on the mat."
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops gain nothing from threads, and on a shared 2-core machine a second spinning thread can
-    slow them a hundredfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    # uniform:0.1 rather than normal:0.02: with 32 hidden units and std 0.02 weights, the tiny model's gradient
-    # barely depends on its input (a 0.02 perturbation of every embedding moves it by ~1e-6), so nothing can be read.
-    return build_model("tiny", "uniform:0.1", seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_has_dlg_and_tag():

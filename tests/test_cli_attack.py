@@ -13,15 +13,7 @@ FIELDS = ("method", "model", "init", "dataset", "batch_size", "reference", "reco
           "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct", "seconds", "iterations")
 TINY = ["--model", "tiny", "--init", "uniform:0.1", "--quiet"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops gain nothing from threads, and on a shared 2-core machine a second spinning thread can
-    slow them a hundredfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read(out):

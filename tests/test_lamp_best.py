@@ -22,25 +22,7 @@ from fedsim.text import load_tokenizer, make_batch
 SENTENCE = "the cat sat on the mat."
 TINY = ["--model", "tiny", "--init", "uniform:0.1", "--quiet"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops gain nothing from threads; on a shared 2-core machine a second one only waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    # uniform:0.1 as in test_attacks: at normal:0.02 the 32-wide tiny model's gradient barely depends on its input
-    return build_model("tiny", "uniform:0.1", seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
