@@ -7,7 +7,10 @@ the :class:`GroundTruth`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,6 +179,23 @@ def summarize(records: list[dict], job: AttackJob, wall_seconds: float) -> dict:
             "wall_seconds": wall_seconds, "defenses": list(job.defenses)}
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C, so the summary of what ran is still written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(job: AttackJob, gradient_fn: GradientFn | None = None, progress: bool = True,
             on_record: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
     """Run the job, appending each record to ``OUT/results.jsonl`` as it comes and writing ``OUT/summary.json``
@@ -191,14 +211,15 @@ def run_job(job: AttackJob, gradient_fn: GradientFn | None = None, progress: boo
     bar = tqdm(total=prepared.num_batches, desc=f"{job.method} on {job.model}", unit="batch", disable=not progress)
     stream = iter_attacks(prepared)
     try:
-        for record in stream:
-            records.append(record)
-            append_jsonl(results_path, record)
-            bar.update(1)
-            bar.set_postfix(rouge1=f"{np.mean([r['rouge1'] for r in records]):.3f}",
-                            rr=f"{np.mean([r['recover_rate'] for r in records]):.3f}")
-            if on_record:
-                on_record(record)
+        with terminate_as_interrupt():
+            for record in stream:
+                records.append(record)
+                append_jsonl(results_path, record)
+                bar.update(1)
+                bar.set_postfix(rouge1=f"{np.mean([r['rouge1'] for r in records]):.3f}",
+                                rr=f"{np.mean([r['recover_rate'] for r in records]):.3f}")
+                if on_record:
+                    on_record(record)
     finally:
         bar.close()
         summary = summarize(records, job, time.perf_counter() - start)

@@ -10,8 +10,9 @@ Two halves, both over the library:
 
 The defense is ``clip:c=C+noise:sigma=S``: the clip bounds the update's norm (C = 10 by default, above the ~6.6 norm
 of a TinyBERT4 sentence gradient at normal:0.02, so it rarely changes the update) and so gives the noise a finite
-privacy cost. Epsilon (delta = 1e-5) comes from ``defenses``: the single-release Gaussian bound the seed paper uses,
-and the composition over the rounds one client sent (dp-accounting RDP). Noise without a clip has epsilon = inf.
+privacy cost. Epsilon (delta = 1e-5) is what the federation accounts (``defenses`` over dp-accounting): the
+composition over the rounds a client sent, and the single-release Gaussian bound the seed paper uses. Noise without
+a clip has epsilon = inf.
 
     python experiments/noise_sweep.py            # full setting (wall times: experiments/README.md)
     python experiments/noise_sweep.py --quick    # tiny model, pii, two settings
@@ -37,15 +38,6 @@ SIGMAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 10.0)
 
 def spec(sigma: float, clip: float) -> str:
     return "none" if sigma == 0 else f"clip:c={clip:g}+noise:sigma={sigma:g}"
-
-
-def privacy(defense: str, batch_size: int, shard_size: int, rounds: int) -> tuple[float, float]:
-    """(epsilon over the rounds one client sent, single-release epsilon), delta = 1e-5."""
-    from defenses import compute_epsilon, single_release_epsilon
-
-    if defense == "none":
-        return math.inf, math.inf
-    return compute_epsilon(defense, batch_size, shard_size, rounds)[0], single_release_epsilon(defense)[0]
 
 
 def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
     p.add_argument("--batch-size", type=int, default=8, help="client batch in the federation (default: 8)")
     args = common.setup(p.parse_args(argv))
     from fedsim.sweep import sweep
-    from fedsim.task import Settings, load_split
+    from fedsim.task import Settings
 
     sigmas = args.sigmas or ([0.0, 0.1] if args.quick else list(SIGMAS))
     model, dataset = ("tiny", "pii") if args.quick else ("tinybert4", "sst2")
@@ -114,13 +106,11 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
                     rounds=rounds, batch_size=args.batch_size, attack="none", attack_backend="inline",
                     eval_examples=20 if args.quick else 300, seed=args.seed, out=str(args.out / "raw"))
     federations = sweep(base, defenses, ["none"], args.out / "raw" / f"{NAME}_runs", run=federation)
-    shard = len(load_split(dataset, "train", data_dir, args.seed)) // args.clients
     rows, runs = [], {}
-    for a, f in zip(attacks, federations):
+    for a, f in zip(attacks, federations):  # the federation accounts epsilon per client and round (defenses)
         summary = json.loads((Path(f["run_dir"]) / "summary.json").read_text())
         runs[a["defense"]] = [r for r in read_jsonl(Path(f["run_dir"]) / "rounds.jsonl") if r.get("train_loss") is not None]
-        eps_rounds, eps_single = privacy(a["defense"], args.batch_size, shard, summary.get("rounds_completed") or rounds)
-        rows.append({**a, "epsilon_rounds": eps_rounds, "epsilon_single": eps_single,
+        rows.append({**a, "epsilon_rounds": f["epsilon"], "epsilon_single": f["epsilon_single_release"],
                      "final_accuracy": f["final_accuracy"], "initial_accuracy": summary.get("initial_accuracy"),
                      "final_train_loss": summary.get("final_train_loss"), "rounds": summary.get("rounds_completed")})
     columns = ["sigma", "defense", "n"] + [f"{m}_{s}" for m in common.METRICS for s in ("mean", "std", "ci95")] + \
