@@ -12,8 +12,7 @@ from adversary.labels import recover_labels
 from adversary.metrics import score
 from adversary.objectives import GradientTarget, cosine_distance, squared_l2, tag_distance
 from adversary.registry import get_attack, run_attack
-from fedsim.models import build_model
-from fedsim.text import load_tokenizer, make_batch
+from fedsim.text import make_batch
 
 SENTENCE = "the cat sat on the mat."
 
