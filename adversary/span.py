@@ -11,7 +11,8 @@ word-gradient row of a token found at one position only is orthogonal to that in
 position-gradient rows (sums over the tokens at each position) then peel off the repeated tokens. (2) Which
 tokens form one sequence: the first FFN's input-weight gradient spans each position's attention output, a function
 of its whole sequence; sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate
-descent on their mean distance to that span, from random starts, then from starts pinned to each (position, token).
+descent on their mean distance to that span (single-position changes, then exchanges of two positions' tokens
+when those are stuck), from random starts, then from starts pinned to each (position, token).
 A certified sequence is settled: its own embedding gradient (exact, the batch loss being a mean of per-sequence
 losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
 a sequence in the span that explains no token's gradient is rejected.
@@ -325,8 +326,12 @@ class Linker:
             for (p, c), v in zip(moves, d.tolist()):
                 if v < best and v < per_pos.get(p, (float("inf"), c))[0]:
                     per_pos[p] = (v, c)
-            if not per_pos:
-                break
+            if not per_pos:  # a local minimum of single changes: try exchanging two positions' tokens
+                swapped = self._best_swap(seq, pools, best)
+                if swapped is None:
+                    break
+                seq, best = swapped
+                continue
             j = int(torch.argmin(d))
             seq_one, d_one = trial[j], float(d[j])
             if len(per_pos) > 1:
@@ -336,6 +341,21 @@ class Linker:
                     seq_one, d_one = combined, d_all
             seq, best = seq_one, d_one
         return tuple(seq), best
+
+
+    def _best_swap(self, seq: list[Candidate], pools: list[list[Candidate]], best: float
+                   ) -> tuple[list[Candidate], float] | None:
+        """The best exchange of two positions' tokens (each allowed at the other's position) below ``best``:
+        words in the wrong order trap single changes, since moving one word alone repeats it."""
+        allowed = [set(pool) for pool in pools]
+        swaps = [(p, q) for p in range(len(seq)) for q in range(p + 1, len(seq))
+                 if seq[p] != seq[q] and seq[q] in allowed[p] and seq[p] in allowed[q]]
+        if not swaps:
+            return None
+        trial = [[seq[q] if i == p else seq[p] if i == q else c for i, c in enumerate(seq)] for p, q in swaps]
+        d = self.score(trial)
+        j = int(torch.argmin(d))
+        return (trial[j], float(d[j])) if float(d[j]) < best else None
 
 
 def _assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
@@ -453,10 +473,11 @@ def gradient_cosine_distance(obs: Observation, batch: dict[str, torch.Tensor]) -
 
 
 @register("span")
-def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0, restarts: int = 1,
+def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0, restarts: int = 4,
                 budget: int | None = None, gradient_distance: bool = False, **_: object) -> Reconstruction:
     """DAGER-style exact recovery (module doc). ``restarts``: random descents per sequence length when B > 1;
-    ``budget``: most descents in all (default 16 x B);
+    ``budget``: most descents in all (default 64 x B; a certified sequence ends its search early, so the budget
+    is only spent on a batch the linker cannot finish);
     ``gradient_distance``: also compute 1 - cosine to the observed gradient (one forward/backward, off by
     default for speed). ``iterations`` is ignored (no optimisation)."""
     start = time.perf_counter()
@@ -498,7 +519,7 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
         span2 = _linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools))
         linker = Linker(obs, span2, ledger.superset)
         seqs, dists, settled, n_cert, descents = _assemble(obs, ledger, linker, tok.sep_token_id, seed, restarts,
-                                                           budget if budget is not None else 16 * obs.batch_size)
+                                                           budget if budget is not None else 64 * obs.batch_size)
         info.update(rank2=span2.rank, sequence_distances=dists, certified_sequences=n_cert, descents=descents,
                     linker_calls=linker.calls)
         ok = n_cert == obs.batch_size

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import math
 import os
 import statistics
@@ -28,7 +30,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from adversary.runner import AttackJob, iter_attacks, prepare  # noqa: E402
-from fedsim.io import append_jsonl, write_private_text  # noqa: E402
+from fedsim.io import append_jsonl, read_jsonl, write_private_text  # noqa: E402
 from fedsim.report import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +66,8 @@ def parser(doc: str, full: Scale, quick: Scale) -> argparse.ArgumentParser:
                    help=f"attack iterations (default: {full.iterations}; quick: {quick.iterations})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the sentences OUT/raw/NAME.jsonl already holds for the same setting; attack the rest")
     p.set_defaults(full_scale=full, quick_scale=quick)
     return p
 
@@ -141,21 +145,36 @@ OnAttack = Callable[[dict, Any, Any, Any], None]  # (cell labels, prepared, reco
 
 
 def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack | None = None,
-              checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:
+              checkpoint: Callable[[list[dict]], None] | None = None, resume: bool = False) -> list[dict]:
     """Attack every sentence of every cell with the library's runner; one row per sentence (cell labels included).
 
     Rows are appended to ``OUT/raw/NAME.jsonl`` (0600: reconstructions) as they come; ``checkpoint(rows so far)``
     runs after each sentence (e.g. to rewrite the tables), so an interrupted run still leaves what it finished.
+    ``resume`` keeps the rows of an earlier run with the same labels, sentence and attack (``row_key``) instead of
+    attacking those sentences again (not with ``on_attack``: its hook needs the attack to run).
     """
     raw = out / "raw"
     raw_file = raw / f"{name}.jsonl"
+    earlier = read_jsonl(raw_file) if resume and raw_file.exists() else []
     write_private_text(raw_file, [])
     rows: list[dict] = []
     for c, cell in enumerate(cells, 1):
+        job = replace(cell.job, num_samples=None, batch_size=1)
+        names = [*cell.labels, *_job_facts(job), "text_sha"]
+        done = {row_key(r, names): r for r in earlier}
+        keys = [row_key({**_job_facts(job), **cell.labels, "text_sha": text_sha(t)}, names) for t in cell.texts]
+        kept = {i: done[k] for i, k in enumerate(keys) if k in done and on_attack is None}
+        todo = [i for i in range(len(cell.texts)) if i not in kept]
+        for i in sorted(kept):
+            _add_row(rows, raw_file, {**kept[i], "resumed": True}, checkpoint)
+        if kept:
+            print(f"[{name}] cell {c}/{len(cells)} {cell.labels}: {len(kept)} sentence(s) kept from the earlier run",
+                  file=sys.stderr, flush=True)
+        if not todo:
+            continue
         text_file = raw / f"{name}_cell{c}.txt"
-        write_private_text(text_file, cell.texts)
-        job = replace(cell.job, text_file=str(text_file), num_samples=None, batch_size=1)
-        prepared = prepare(job)
+        write_private_text(text_file, [cell.texts[i] for i in todo])
+        prepared = prepare(replace(job, text_file=str(text_file)))
         facts: dict[str, Any] = {}
 
         def hook(reconstruction, truth, prepared=prepared, labels=cell.labels) -> None:
@@ -163,16 +182,35 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
             if on_attack is not None:
                 on_attack(labels, prepared, reconstruction, truth)
 
-        for i, record in enumerate(iter_attacks(prepared, on_attack=hook), 1):
-            row = {**record, **cell.labels, "tokens": facts["tokens"]}  # the cell's labels win
-            rows.append(row)
-            append_jsonl(raw_file, row)
-            print(f"[{name}] cell {c}/{len(cells)} {cell.labels} sentence {i}/{len(cell.texts)}: "
+        for n, (i, record) in enumerate(zip(todo, iter_attacks(prepared, on_attack=hook)), 1):
+            row = {**record, **cell.labels, "tokens": facts["tokens"], "text_sha": text_sha(cell.texts[i])}
+            _add_row(rows, raw_file, row, checkpoint)  # the cell's labels win over the record's
+            print(f"[{name}] cell {c}/{len(cells)} {cell.labels} sentence {n}/{len(todo)}: "
                   f"RR {row['recover_rate']:.2f} R-1 {row['rouge1']:.2f} R-2 {row['rouge2']:.2f} "
                   f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
-            if checkpoint is not None:
-                checkpoint(rows)
     return rows
+
+
+def text_sha(text: str) -> str:
+    """Names a sentence in the raw rows without repeating it."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _job_facts(job: AttackJob) -> dict[str, Any]:
+    return {"method": job.method, "model": job.model, "init": job.init, "iterations": job.iterations,
+            "seed": job.seed, "defenses": list(job.defenses)}
+
+
+def row_key(row: dict, names: Sequence[str]) -> str:
+    """What makes two raw rows the same attack: the cell's labels, the attack's setting and the sentence."""
+    return json.dumps({k: row.get(k) for k in names}, sort_keys=True, default=str)
+
+
+def _add_row(rows: list[dict], raw_file: Path, row: dict, checkpoint: Callable[[list[dict]], None] | None) -> None:
+    rows.append(row)
+    append_jsonl(raw_file, row)
+    if checkpoint is not None:
+        checkpoint(rows)
 
 
 # --- aggregation --------------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cells = [common.Cell({"method": m}, texts, common.AttackJob(model=model, init="normal:0.02", method=m,
                                                                iterations=args.iterations, seed=args.seed))
              for m in METHODS]
-    rows = common.run_cells(cells, NAME, args.out)
+    rows = common.run_cells(cells, NAME, args.out, resume=args.resume)
     stats = common.aggregate(rows, ["method"])
     ratio = ratios(stats)
     stats.append({"method": "tag/dlg", "n": min(e["n"] for e in stats),

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             "attacked on the first sentences of the same list (n column).",
                             common.describe_run(args)])
 
-    return common.run_cells(cells, NAME, args.out, checkpoint=write)
+    return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            [common.METRIC_NOTE, "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words), "
                             "the same sentences and seeds in every row.", common.describe_run(args, f", model {model}")])
 
-    return common.run_cells(cells, NAME, args.out, checkpoint=write)
+    return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
 
 if __name__ == "__main__":

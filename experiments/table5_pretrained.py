@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             "architecture from normal:0.02. Same sentences in both rows of a dataset.",
                             common.describe_run(args, f", model {MODEL}")])
 
-    return common.run_cells(cells, NAME, args.out, checkpoint=write)
+    return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            [common.METRIC_NOTE, "tokens = WordPiece tokens without [CLS]/[SEP].",
                             common.describe_run(args, f", model {model}")])
 
-    return common.run_cells(cells, NAME, args.out, checkpoint=write)
+    return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
 
 if __name__ == "__main__":

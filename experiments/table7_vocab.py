@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            [common.METRIC_NOTE, "Same lower-cased sentences in both rows; tokens = WordPiece "
                             "tokens per sentence under that vocabulary.", common.describe_run(args, f", model {model}")])
 
-    return common.run_cells(cells, NAME, args.out, checkpoint=write)
+    return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
 
 if __name__ == "__main__":

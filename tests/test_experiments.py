@@ -142,3 +142,34 @@ def test_script_runs_as_a_file(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_csv(tmp_path / "table2_model_size.csv")[0]["model"] == "tiny"
+
+
+def test_resume_keeps_finished_sentences_and_reruns_a_changed_setting(tmp_path: Path, monkeypatch) -> None:
+    """``--resume`` reuses the raw rows of the same setting (no attack runs) and attacks anything that changed."""
+    from experiments import common, table4_init
+
+    argv = ["--quick", "--out", str(tmp_path), "--threads", "1", "--iterations", "3"]
+    first = table4_init.main(argv)
+    assert first and not any(r.get("resumed") for r in first)
+    table = (tmp_path / "table4_init.csv").read_text()
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a kept sentence was attacked again")
+
+    with monkeypatch.context() as m:
+        m.setattr(common, "iter_attacks", no_attack)
+        again = table4_init.main(argv + ["--resume"])
+    assert [r["rouge1"] for r in again] == [r["rouge1"] for r in first] and all(r["resumed"] for r in again)
+    assert (tmp_path / "table4_init.csv").read_text() == table
+    changed = table4_init.main(argv[:-1] + ["4", "--resume"])  # other iterations: a different attack
+    assert len(changed) == len(first) and not any(r.get("resumed") for r in changed)
+
+
+def test_reproduce_script_runs_every_result() -> None:
+    """``experiments/reproduce.sh`` (the full default reproduction) names every result script, and parses."""
+    text = (ROOT / "experiments" / "reproduce.sh").read_text()
+    scripts = {p.stem for p in (ROOT / "experiments").glob("*.py")
+               if not p.stem.startswith(("bench_", "common", "__"))}
+    assert scripts == set(SCRIPTS)
+    assert [s for s in scripts if s not in text] == []
+    assert subprocess.run(["bash", "-n", str(ROOT / "experiments" / "reproduce.sh")]).returncode == 0

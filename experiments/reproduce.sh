@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The full default reproduction: every experiment script at its full setting, in two lanes of one torch thread
+# each (two CPU cores), the slow big-model runs last. Wall times: experiments/README.md. Logs go to
+# experiments/results/logs/; pass --resume to keep the sentences an interrupted run already finished.
+#
+#   bash experiments/reproduce.sh            # from the repository root, with the venv active
+#   bash experiments/reproduce.sh --resume
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
+logs=experiments/results/logs
+mkdir -p "$logs"
+extra=("$@")  # e.g. --resume (fig2 and fig3 ignore it: their hooks need every attack to run)
+
+lane() {  # run the given "script [options]" entries one after another
+  for entry in "$@"; do
+    read -r -a words <<< "$entry"
+    name=${words[0]}
+    log="$logs/$(echo "$entry" | tr ' :' '__').log"
+    start=$(date +%s)
+    if python "experiments/$name.py" "${words[@]:1}" --threads 1 "${extra[@]}" > "$log" 2>&1; then
+      echo "$entry: done in $(( $(date +%s) - start )) s"
+    else
+      echo "$entry: FAILED (see $log)"
+    fi
+  done
+}
+
+lane "noise_sweep --model tiny --init uniform:0.1" noise_sweep table4_init table7_vocab \
+  table6_length &
+lane fig5_tag_vs_dlg fig3_pca table5_pretrained fig2_loss_curves table2_model_size &
+wait
