@@ -97,7 +97,9 @@ def describe_run(args: argparse.Namespace, extra: str = "") -> str:
     return (f"Run: {mode}, {args.sentences} sentence(s) per cell, {args.iterations} iterations{extra}; "
             f"wall time {wall:.0f} s on {os.cpu_count()} CPU core(s), {args.threads} torch thread(s), "
             f"load average {args.load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end (other jobs shared "
-            f"the machine; per-sentence seconds are inflated accordingly).")
+            f"the machine; per-sentence seconds are inflated accordingly)."
+            + (" Resumed: sentences kept from an earlier run (raw rows marked `resumed`) keep that run's seconds; "
+               "the wall time counts only this run." if getattr(args, "resume", False) else ""))
 
 
 # --- sentences ----------------------------------------------------------------------------------------------------

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8, help="client batch in the federation (default: 8)")
     p.add_argument("--lr", type=float, default=0.02, help="client SGD learning rate (default: 0.02)")
+    p.add_argument("--mode", choices=("fedsgd", "fedavg"), default="fedsgd", help="federation mode (default: fedsgd)")
+    p.add_argument("--local-steps", type=int, default=1, help="SGD steps per round with --mode fedavg (default: 1)")
     p.add_argument("--model", default=None, help="default: tinybert4; quick: tiny")
     p.add_argument("--init", default=None, help="default: normal:0.02; quick: uniform:0.1")
     p.add_argument("--target", type=float, default=0.2, help="leakage threshold on mean ROUGE-1 (default: 0.2)")
@@ -114,9 +116,11 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
 
     data_dir = "" if args.quick else str(args.data_dir)
     base = Settings(model=model, init=init, dataset=dataset, data_dir=data_dir, clients=args.clients,
-                    rounds=rounds, batch_size=args.batch_size, lr=args.lr, attack="none", attack_backend="inline",
+                    rounds=rounds, batch_size=args.batch_size, lr=args.lr, mode=args.mode,
+                    local_steps=args.local_steps, attack="none", attack_backend="inline",
                     eval_examples=20 if args.quick else 300, seed=args.seed, out=str(args.out / "raw"))
-    federations = sweep(base, defenses, ["none"], args.out / "raw" / f"{name}_runs", run=federation)
+    federations = sweep(base, defenses, ["none"], args.out / "raw" / f"{name}_runs", run=federation,
+                        resume=args.resume)
     rows, runs = [], {}
     for a, f in zip(attacks, federations):  # the federation accounts epsilon per client and round (defenses)
         summary = json.loads((Path(f["run_dir"]) / "summary.json").read_text())
@@ -128,16 +132,19 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
         ["epsilon_rounds", "epsilon_single", "initial_accuracy", "final_accuracy", "final_train_loss", "rounds"]
     common.write_csv(args.out / f"{name}.csv", rows, columns)
     verdict = threshold(rows, args.target, model, init)
-    table = [[f"{r['sigma']:g}", r["defense"], r["n"], *(common.pm(r, m) for m in common.METRICS), r["epsilon_rounds"],
-              r["epsilon_single"], r["final_accuracy"], r["final_train_loss"]] for r in rows]
+    table = [[f"{r['sigma']:g}", r["defense"], r["n"], *(common.pm(r, m) for m in common.METRICS),
+              f"{r['epsilon_rounds']:.3g}", f"{r['epsilon_single']:.3g}", f"{r['final_accuracy']:.3f}",
+              f"{r['final_train_loss']:.3f}"] for r in rows]
     common.write_markdown(args.out / f"{name}.md", f"Noise defense: leakage, epsilon and utility against sigma ({model})",
                           [common.markdown_table(["sigma", "defense", "n", "Recover Rate", "ROUGE-1", "ROUGE-2",
                                                   "ROUGE-L", "ε (rounds)", "ε (single)", "final acc.",
                                                   "final train loss"], table)],
                           [common.METRIC_NOTE,
-                           f"Federation: {model} on {dataset}, {args.clients} clients, {rounds} rounds of FedSGD, batch "
-                           f"{args.batch_size}, lr {base.lr:g}, dev accuracy on {base.eval_examples} examples "
-                           f"(accuracy before training: {rows[0]['initial_accuracy']}). ε at δ = 1e-5: 'rounds' composes "
+                           f"Federation: {model} on {dataset}, {args.clients} clients, {rounds} rounds of "
+                           + (f"FedAvg ({args.local_steps} local steps)" if args.mode == "fedavg" else "FedSGD")
+                           + f", batch {args.batch_size}, lr {base.lr:g}, the defense on every step's gradient, dev "
+                           f"accuracy on {base.eval_examples} examples (before training: "
+                           f"{rows[0]['initial_accuracy']:.3f}). ε at δ = 1e-5: 'rounds' composes "
                            "the update-level Gaussian mechanism over the rounds one client sent (RDP), 'single' is one "
                            "release (the seed paper's bound); inf = no finite guarantee.",
                            verdict["text"], common.describe_run(args, f", model {model} ({init})")])

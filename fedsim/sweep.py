@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
@@ -27,8 +28,12 @@ def run_label(defense: str, attack: str) -> str:
 
 
 def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: str | Path,
-          run: Callable[[Settings], dict[str, Any]] | None = None, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run every (defense, attack) pair; returns the trade-off rows. ``run`` is the federation (default: simulate)."""
+          run: Callable[[Settings], dict[str, Any]] | None = None, echo: Callable[[str], None] = print,
+          resume: bool = False) -> list[dict]:
+    """Run every (defense, attack) pair; returns the trade-off rows. ``run`` is the federation (default: simulate).
+
+    ``resume``: a pair whose sub-directory already holds a completed run of the same settings is read, not rerun.
+    """
     from defenses import format_defenses, parse_defenses, single_release_epsilon
 
     if run is None:
@@ -46,8 +51,11 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
                 base, defense=specs, attack=attack, out=str(out / run_label(label, attack)))))
     rows: list[dict] = []
     for i, (label, attack, settings) in enumerate(settings_list, 1):
-        echo(f"== sweep {i}/{len(settings_list)}: defense {label}, attack {attack} -> {settings.out}")
-        summary = run(settings)
+        summary = finished_run(settings) if resume else None
+        echo(f"== sweep {i}/{len(settings_list)}: defense {label}, attack {attack} -> {settings.out}"
+             + (" (kept from the earlier run)" if summary is not None else ""))
+        if summary is None:
+            summary = run(settings)
         single, _ = single_release_epsilon(list(parse_defenses(settings.defense)))
         rows.append({"defense": label, "attack": attack, "epsilon": _eps(summary.get("epsilon")),
                      "epsilon_single_release": single, "final_accuracy": summary.get("final_accuracy"),
@@ -56,6 +64,24 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
         write_tradeoff(out / "tradeoff.csv", rows)
     plot_tradeoff(out / "tradeoff.png", rows)
     return rows
+
+
+# How a run executes, not what it computes: a run that differs only in these is the same run.
+_EXECUTION_ONLY = ("out", "data-dir", "attack-backend", "attack-gpus", "attack-threads", "attack-timeout")
+
+
+def finished_run(settings: Settings) -> dict[str, Any] | None:
+    """The summary of a completed run of these settings in ``settings.out``, else None."""
+    path = Path(settings.out) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    wanted = {k: v for k, v in settings.to_run_config().items() if k not in _EXECUTION_ONLY}
+    stored = summary.get("settings") or {}
+    if summary.get("status") != "completed" or any(stored.get(k) != v for k, v in wanted.items()):
+        return None
+    return summary
 
 
 def _eps(value: Any) -> float:

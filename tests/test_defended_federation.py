@@ -80,3 +80,33 @@ def test_bad_defense_or_attack_is_one_line_exit_2(capsys, argv, needle):
         code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err
+
+
+def test_sweep_resume_reads_completed_runs_and_reruns_changed_or_unfinished_ones(tmp_path):
+    """An interrupted sweep picks up where it stopped: completed runs of the same settings are read, not rerun."""
+    import json
+
+    calls: list[str] = []
+
+    def fake_run(settings, status="completed"):
+        calls.append(settings.out)
+        Path(settings.out).mkdir(parents=True, exist_ok=True)
+        summary = {"status": status, "final_accuracy": 0.5, "rouge1": 0.25, "epsilon": None,
+                   "settings": settings.to_run_config()}
+        (Path(settings.out) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    base = task.Settings(model="tiny", dataset="pii", rounds=1, attack="none")
+    first = sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path, run=fake_run, echo=lambda _: None)
+    assert len(calls) == 2
+    calls.clear()
+    again = sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path, run=fake_run, echo=lambda _: None,
+                  resume=True)
+    assert calls == [] and [r["rouge1"] for r in again] == [r["rouge1"] for r in first]
+    sweep(task.Settings(model="tiny", dataset="pii", rounds=2, attack="none"), ["none"], ["none"], tmp_path,
+          run=fake_run, echo=lambda _: None, resume=True)  # other settings: rerun
+    assert len(calls) == 1
+    fake_run(task.Settings(model="tiny", dataset="pii", rounds=1, attack="none", out=calls[0]), status="interrupted")
+    calls.clear()
+    sweep(base, ["none"], ["none"], tmp_path, run=fake_run, echo=lambda _: None, resume=True)
+    assert len(calls) == 1  # an interrupted run is run again

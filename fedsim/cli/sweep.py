@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "Default: none and noise:sigma=0.01,0.1")
     parser.add_argument("--attack", action="append", default=None, metavar="METHOD",
                         help="attack every setting is scored against (repeatable; default: tag)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs OUT already holds for the same settings (completed ones); run the rest")
     parser.set_defaults(func=run, out="runs/sweep")
 
 
@@ -33,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
     for attack in attacks:
         settings_from_args(argparse.Namespace(**{**vars(args), "attack": attack}))  # every attack name checked up front
     check_inputs(base)
-    rows = sweep(base, defenses, attacks, args.out)
+    rows = sweep(base, defenses, attacks, args.out, resume=args.resume)
     print(f"\nwrote {args.out}/tradeoff.csv and tradeoff.png ({len(rows)} runs); `fedleak report {args.out}` shows the table")
     return 0
