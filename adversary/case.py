@@ -31,6 +31,16 @@ class Observation:
     seq_lengths: list[int] | None = None
     num_labels: int = 2
     segment_ids: list[list[int]] | None = None  # token type ids per sequence: the pair layout, public with lengths
+    # Bound on the Frobenius norm of each gradient tensor's error, when the server derived the gradient from
+    # rounded float32 weights ((w_global - w_client) / lr); public, since the server knows how it got it.
+    # None: the gradient is exact up to its own float32 rounding (it was sent as a gradient).
+    gradient_error: dict[str, float] | None = None
+
+    def error_of(self, names: list[str]) -> float:
+        """The error bound of these tensors stacked together (0 when the gradient is exact)."""
+        if not self.gradient_error:
+            return 0.0
+        return sum(self.gradient_error.get(n, 0.0) ** 2 for n in names) ** 0.5
 
 
 @dataclass

@@ -66,15 +66,17 @@ class Span:
         return (x - (x @ self.basis) @ self.basis.T).norm(dim=-1)
 
 
-def gradient_span(grads: list[torch.Tensor], rank: int | None = None) -> Span:
+def gradient_span(grads: list[torch.Tensor], rank: int | None = None, error: float = 0.0) -> Span:
     """SVD of the stacked gradients (float64). The rank is the largest drop s[k-1]/s[k] among cuts whose first
-    dropped value is at or below float32 rounding (eps32 * ||G||_F); none such (noise), or no complement left,
-    fails. Membership threshold: the subspace perturbation bound s[k]/s[k-1] (Wedin), which members stay under."""
+    dropped value is at or below the gradient's precision: float32 rounding (eps32 * ||G||_F) plus ``error``, a
+    bound on ||E||_F when the gradient was derived from rounded weights (every singular value of G + E beyond the
+    true rank is at most ||E||_2 <= ||E||_F, Weyl). None such (noise), or no complement left, fails. Membership
+    threshold: the subspace perturbation bound s[k]/s[k-1] (Wedin), which members stay under."""
     m = torch.cat([g.detach().double().reshape(g.shape[0], -1) for g in grads])
     r_factor = torch.linalg.qr(m, mode="r")[1] if m.shape[0] > m.shape[1] else m  # same singular values, cheaper
     _, s, vh = torch.linalg.svd(r_factor, full_matrices=False)
     n = s.numel()
-    floor = EPS32 * float(torch.linalg.norm(m))
+    floor = EPS32 * float(torch.linalg.norm(m)) + error
     rel = s / s[0].clamp_min(1e-300)
     if rank is None:
         ratios = s[:-1] / s[1:].clamp_min(1e-300)
@@ -87,11 +89,11 @@ def gradient_span(grads: list[torch.Tensor], rank: int | None = None) -> Span:
     return Span(basis=vh[:k].T.contiguous(), singular=rel, rank=k, passed=passed, tol=bound, vh=vh)
 
 
-def _linker_span(grad: torch.Tensor, max_tokens: int) -> Span:
+def _linker_span(grad: torch.Tensor, max_tokens: int, error: float = 0.0) -> Span:
     """Span for the linker. Its spectrum has no clean drop at random init (the layer is nearly linear there), so
     keep at least as many directions as there can be real tokens (B x max length), leaving a fifth of the space
     as complement: true outputs must lie inside, and extra directions barely help wrong ones (measured)."""
-    span = gradient_span([grad])
+    span = gradient_span([grad], error=error)
     n = span.singular.numel()
     rank = max(span.rank, min(max_tokens, n - n // 5))
     return span if rank == span.rank else span.with_rank(rank)
@@ -127,10 +129,22 @@ def _param_name(model: torch.nn.Module, param: torch.nn.Parameter) -> str:
     return next(n for n, p in model.named_parameters() if p is param)
 
 
-def _attention_grads(obs: Observation, layer: int) -> list[torch.Tensor] | None:
+def _attention_names(obs: Observation, layer: int) -> list[str]:
     attn = obs.model.base_model.encoder.layer[layer].attention.self
-    names = [_param_name(obs.model, m.weight) for m in (attn.query, attn.key, attn.value)]
+    return [_param_name(obs.model, m.weight) for m in (attn.query, attn.key, attn.value)]
+
+
+def _attention_grads(obs: Observation, layer: int) -> list[torch.Tensor] | None:
+    names = _attention_names(obs, layer)
     return [obs.gradients[n] for n in names] if all(n in obs.gradients for n in names) else None
+
+
+def _relative_error(obs: Observation) -> float:
+    """||E|| / ||G|| over the whole gradient: 1 - cos(G + E, G) is at most about half its square."""
+    if not obs.gradient_error:
+        return 0.0
+    norm = math.sqrt(sum(float(g.double().square().sum()) for g in obs.gradients.values()))
+    return obs.error_of(list(obs.gradients)) / max(norm, 1e-300)
 
 
 def _nonzero_rows(obs: Observation, param: torch.nn.Parameter) -> list[int] | None:
@@ -487,7 +501,7 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
     grads1 = _attention_grads(obs, 0)
     if grads1 is None:
         raise ValueError("span needs the first attention layer's query/key/value weight gradients")
-    span1 = gradient_span(grads1)
+    span1 = gradient_span(grads1, error=obs.error_of(_attention_names(obs, 0)))
     info.update(rank=span1.rank, span_tol=span1.tol, singular_drop=float(span1.singular[span1.rank] /
                 span1.singular[span1.rank - 1]) if span1.rank < span1.singular.numel() else 1.0)
     empty = Reconstruction(texts=[""] * obs.batch_size, token_ids=[[] for _ in range(obs.batch_size)],
@@ -516,7 +530,7 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
             info.update(span_check_passed=False, reason="no first-FFN gradient, or a position without candidates")
             empty.seconds = time.perf_counter() - start
             return empty
-        span2 = _linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools))
+        span2 = _linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools), obs.error_of([ffn_in]))
         linker = Linker(obs, span2, ledger.superset)
         seqs, dists, settled, n_cert, descents = _assemble(obs, ledger, linker, tok.sep_token_id, seed, restarts,
                                                            budget if budget is not None else 64 * obs.batch_size)
@@ -531,8 +545,8 @@ def span_attack(observation: Observation, *, iterations: int = 0, seed: int = 0,
     gdist = float("nan")
     if (gradient_distance or obs.batch_size > 1) and batch is not None:
         gdist = gradient_cosine_distance(obs, {**batch, "labels": torch.tensor(labels)})
-    if obs.batch_size > 1:  # the assembled batch must reproduce the observed gradient to float32 precision
-        ok = ok and gdist < EPS32
+    if obs.batch_size > 1:  # the assembled batch must reproduce the observed gradient to its precision
+        ok = ok and gdist < EPS32 + _relative_error(obs) ** 2
     info["span_check_passed"] = bool(ok)
     texts = [tok.decode(q, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for q in token_ids]
     return Reconstruction(texts=texts, token_ids=token_ids, labels=labels, iterations=0,

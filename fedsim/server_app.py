@@ -85,6 +85,7 @@ def build_strategy(s: Settings, train_split: task.TaskData, attacker) -> tuple[F
     tokenizer = load_tokenizer(s.vocab)
     plan = AttackPlan(
         method=s.attack, iterations=s.attack_iterations, seed=s.seed, gradient_scale=s.gradient_scale,
+        local_steps=s.local_steps if s.mode == "fedavg" else 1,
         examples_per_update=s.examples_per_update, tokenizer=tokenizer, num_labels=train_split.num_labels,
         model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
         truth=partial(ground_truth, train_split, s.vocab, s.max_length),

@@ -24,11 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
+
+EPS32 = torch.finfo(torch.float32).eps
 
 TRUTH_KEY = "truth"  # the scoring channel's record in a client reply
 
@@ -81,6 +85,7 @@ class AttackPlan:
     num_labels: int
     truth: Callable[[list[int]], object]  # indices -> adversary.case.GroundTruth
     clients_per_round: int | None = None  # None: attack every client
+    local_steps: int = 1  # SGD steps behind one update (FedAvg's E), each rounding the weights once
 
 
 class CuriousServer(Strategy):
@@ -122,9 +127,24 @@ class CuriousServer(Strategy):
         global_state = self._global[server_round].to_torch_state_dict()
         model = self.plan.model_fn(global_state)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        gradients = self.derive_gradient(global_state, reply.content["arrays"].to_torch_state_dict(), names)
+        client_state = reply.content["arrays"].to_torch_state_dict()
+        gradients = self.derive_gradient(global_state, client_state, names)
         return Observation(model=model, gradients=gradients, batch_size=self.plan.examples_per_update,
-                           tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels)
+                           tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
+                           gradient_error=self.rounding_error(client_state, gradients))
+
+    def rounding_error(self, client_state: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor]
+                       ) -> dict[str, float]:
+        """Per tensor, a bound on ||derived - true gradient||_F from float32 rounding alone: each SGD step rounds
+        the weights by at most ulp(w)/2 (ulp(w) here, for steps that cross a power of two), divided by lr, plus
+        the float32 cast of the result. Exact-recovery attacks set their thresholds from it."""
+        steps, bounds = self.plan.local_steps, {}
+        for n, g in gradients.items():
+            w = client_state[n].float().abs()
+            ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
+            bounds[n] = float(steps * ulp.double().norm() / self.plan.gradient_scale
+                              + EPS32 * g.double().norm())
+        return bounds
 
     # --- Strategy interface ----------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -6,6 +6,8 @@ one test runs the real Ray simulation end to end.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import stat
 import traceback
@@ -194,11 +196,37 @@ def test_strategy_sees_every_update_and_derives_the_clients_gradient(tmp_path, m
         assert set(observation.gradients) == set(expected)
         for name, g in expected.items():
             torch.testing.assert_close(observation.gradients[name], g, rtol=1e-3, atol=1e-5)
+            # the rounding bound the server publishes for exact attacks holds, and is not vacuous
+            error = float((observation.gradients[name].double() - g.double()).norm())
+            assert error <= observation.gradient_error[name] < 1e-2 * float(g.norm()) + 1e-6
         assert observation.batch_size == s.examples_per_update and observation.seq_lengths is None
         # the Observation is the global model, not the client's; the truth is what the client used
         for n, p in observation.model.state_dict().items():
             assert torch.equal(p, global_arrays.to_torch_state_dict()[n])
         assert truth.labels == [int(train.dataset[i]["label"]) for i in used]
+
+
+def test_span_recovers_the_sentence_exactly_from_an_update_the_server_derived_from_rounded_weights(tmp_path):
+    """FedSGD clients send float32 weights; (w_global - w_client) / lr carries their rounding (~ulp(w) / lr per
+    coordinate), far above the gradient's own precision. With the bound the server publishes, span stays exact."""
+    from adversary.registry import get_attack
+
+    # tinybert4 (hidden 312): on the 32-wide tiny model the weakest directions of a 24-token gradient sit below
+    # the weights' rounding, so no bound can recover them from weights
+    s = small(tmp_path, model="tinybert4", init="normal:0.02", batch_size=1, lr=0.02, attack="span")
+    train = task.load_split("pii", "train", "", s.seed)
+    arrays = ArrayRecord(task.state_of(task.initial_model(s, train.num_labels)))
+    attacker = Capture()
+    _, strategy = curious(s, attacker, train)
+    grid = LocalGrid(2)
+    strategy.aggregate_train(1, grid.send_and_receive(
+        strategy.configure_train(1, arrays, ConfigRecord(s.client_config()), _Nodes(list(grid.nodes)))))
+    assert len(attacker.jobs) == 2
+    for _, observation, truth in attacker.jobs:
+        exact = get_attack("span")(observation, seed=0)
+        assert exact.info["span_check_passed"] and exact.texts == truth.texts
+        blind = get_attack("span")(dataclasses.replace(observation, gradient_error=None), seed=0)
+        assert not blind.info["span_check_passed"]  # without the bound, rounding reads as noise
 
 
 def test_attack_clients_k_attacks_k_clients_per_round_chosen_by_the_seed(tmp_path):
