@@ -67,7 +67,7 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
     ax.plot(xs, [r["final_train_loss"] for r in rows], marker="s", label="final training loss")
     ax.set_title("utility of the federation")
     for a in (axes[0][0], axes[0][1], axes[1][0]):
-        a.set_xticks(xs, labels)
+        a.set_xticks(xs, labels, rotation=45)
         a.set_xlabel("noise sigma (clip c fixed)")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
