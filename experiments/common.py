@@ -157,7 +157,7 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
     """
     raw = out / "raw"
     raw_file = raw / f"{name}.jsonl"
-    earlier = read_jsonl(raw_file) if resume and raw_file.exists() else []
+    earlier = read_jsonl(raw_file) if resume and on_attack is None and raw_file.exists() else []
     write_private_text(raw_file, [])
     rows: list[dict] = []
     for c, cell in enumerate(cells, 1):
@@ -165,7 +165,7 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
         names = [*cell.labels, *_job_facts(job), "text_sha"]
         done = {row_key(r, names): r for r in earlier}
         keys = [row_key({**_job_facts(job), **cell.labels, "text_sha": text_sha(t)}, names) for t in cell.texts]
-        kept = {i: done[k] for i, k in enumerate(keys) if k in done and on_attack is None}
+        kept = {i: done[k] for i, k in enumerate(keys) if k in done}
         todo = [i for i in range(len(cell.texts)) if i not in kept]
         for i in sorted(kept):
             _add_row(rows, raw_file, {**kept[i], "resumed": True}, checkpoint)
