@@ -18,7 +18,7 @@ from adversary.candidates import gradient_distance
 from adversary.case import Observation, Reconstruction
 from adversary.engine import Hook
 from adversary.registry import get_attack, register
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 
 def _judge(observation: Observation, rec: Reconstruction) -> float:

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from adversary.case import Observation
+from fedsim.core.train import batch_gradients
 
 
 def candidate_batch(observation: Observation, token_ids: Sequence[Sequence[int]],
@@ -43,8 +44,6 @@ def gradient_distance(observation: Observation, token_ids: Sequence[Sequence[int
     if (len(token_ids) != observation.batch_size or len(labels) != len(token_ids)
             or any(len(q) == 0 for q in token_ids)):
         return math.inf
-    from fedsim.train import batch_gradients
-
     grads = batch_gradients(observation.model, candidate_batch(observation, token_ids, labels))
     names = [n for n in observation.gradients if n in grads]
     dot = sq_a = sq_b = 0.0

@@ -7,10 +7,11 @@ the client really used; it travels on a separate channel and is read only by the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedsim.core.text import decode
+from fedsim.core.train import GradientFn, batch_gradients
 
 
 @dataclass
@@ -67,9 +68,6 @@ class Reconstruction:
     info: dict = field(default_factory=dict)
 
 
-GradientFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-
 def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase, *,
             gradient_fn: GradientFn | None = None,
             public_lengths: bool = True) -> tuple[Observation, GroundTruth]:
@@ -79,9 +77,6 @@ def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: P
     client-side defense wrapped around it. ``public_lengths`` hands the attacker the sequence lengths and the
     segment layout (the TAG threat model); without it the attack must read them from the gradient.
     """
-    from fedsim.text import decode
-    from fedsim.train import batch_gradients
-
     gradients = (gradient_fn or batch_gradients)(model, batch)
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
     lengths = [int(n) for n in mask.sum(1).tolist()]

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedsim.errors import UsageError, parse_float, parse_spec
+from fedsim.core.errors import UsageError, parse_float, parse_spec
 
 INIT_ACCEPTED = "normal (std of the word embeddings), normal:STD, uniform:RANGE, constant:VALUE"
 

@@ -22,8 +22,8 @@ from adversary.dummy import Decoder, Layout, allowed_tokens, build_layout, embed
 from adversary.labels import recover_labels
 from adversary.objectives import Distance, GradientTarget, squared_l2
 from adversary.optim import OptimizerSpec
-from fedsim.errors import UsageError
-from fedsim.text import decode
+from fedsim.core.errors import UsageError
+from fedsim.core.text import decode
 
 LABEL_STRATEGIES = ("joint", "analytic", "joint-analytic")
 

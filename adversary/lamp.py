@@ -44,7 +44,7 @@ from adversary.objectives import Distance, GradientTarget, squared_l2, tag_dista
 from adversary.optim import OptimizerSpec
 from adversary.registry import register
 from adversary.token_set import token_set
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 DISTANCES = ("auto", "cos", "l2", "l1l2", "cos+l1l2")
 

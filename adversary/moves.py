@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from adversary.engine import GradientMatcher
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 MOVES = ("swap", "move", "span", "prefix", "replace")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from adversary.case import Observation, Reconstruction
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 # Every attack is called as fn(observation, *, iterations=..., seed=..., **method_options).
 Attack = Callable[..., Reconstruction]

@@ -39,8 +39,8 @@ from adversary.case import Observation, Reconstruction
 from adversary.labels import classifier_bias_name, recover_labels
 from adversary.registry import register
 from adversary.token_set import token_set, word_embedding_name
+from fedsim.core.train import EPS32, batch_gradients
 
-EPS32 = torch.finfo(torch.float32).eps
 Candidate = tuple[int, int]  # (token id, segment id)
 
 
@@ -475,8 +475,6 @@ def _batch(obs: Observation, seqs: list[list[Candidate]]) -> dict[str, torch.Ten
 
 def gradient_cosine_distance(obs: Observation, batch: dict[str, torch.Tensor]) -> float:
     """1 - cosine between the observed gradient and the one the candidate batch (with labels) produces."""
-    from fedsim.train import batch_gradients
-
     grads = batch_gradients(obs.model, batch)
     names = [n for n in obs.gradients if n in grads]
     a, b = [grads[n] for n in names], [obs.gradients[n] for n in names]

@@ -23,7 +23,7 @@ import dp_accounting
 from dp_accounting import pld, rdp
 
 from defenses.specs import Clip, DpSgd, Noise, SpecsLike, format_defenses, parse_defenses
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 DEFAULT_DELTA = 1e-5
 METHODS = ("rdp", "pld")

@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, vmap
 from transformers import PreTrainedModel
 
 from defenses.transforms import gaussian_like
-from fedsim.train import MODEL_INPUTS, Batch
+from fedsim.core.train import MODEL_INPUTS, Batch
 
 DEFAULT_CHUNK_ELEMENTS = 2**27  # about 512 MiB of float32 per-example gradients per chunk
 

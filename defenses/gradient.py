@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from transformers import PreTrainedModel
 
 from defenses.dpsgd import dp_sgd_gradients
 from defenses.specs import Defense, DpSgd, SpecsLike, format_defenses, parse_defenses
 from defenses.transforms import defend_update, make_generator
-from fedsim.train import Batch, batch_gradients
-
-GradientFn = Callable[[PreTrainedModel, Batch], dict[str, torch.Tensor]]
+from fedsim.core.train import Batch, GradientFn, batch_gradients
 
 
 class DefendedGradient:

@@ -22,7 +22,8 @@ from flwr.supercore import log
 
 from defenses.specs import DpSgd, SpecsLike, format_defenses, parse_defenses
 from defenses.transforms import defend_update
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
+from fedsim.core.seeds import torch_generator
 
 
 class DefenseMod:
@@ -82,8 +83,7 @@ class DefenseMod:
         node = int(ctxt.node_config.get("partition-id", ctxt.node_id))
         rnd = next((int(c["server-round"]) for c in msg.content.config_records.values() if "server-round" in c),
                    self._calls)
-        state = np.random.SeedSequence([self.seed % 2**64, node % 2**64, rnd % 2**64]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+        return torch_generator(self.seed, node, rnd)
 
 
 def _error(msg: Message, reason: str) -> Message:

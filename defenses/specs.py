@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Union
 
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 ACCEPTED = ("none, noise:sigma=S (S >= 0), clip:c=C (C > 0), dp:sigma=S,c=C (S >= 0, C > 0), "
             "prune:p=P (0 <= P < 1); compose in order with repeated --defense or '+'")

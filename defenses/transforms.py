@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from defenses.specs import Clip, DpSgd, Noise, Prune, SpecsLike, parse_defenses
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 Update = dict[str, torch.Tensor]
 

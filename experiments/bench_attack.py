@@ -51,7 +51,7 @@ def time_attack(observation, method: str, iterations: int, warmup: int) -> tuple
 
 def time_train_steps(model, batch, steps: int, warmup: int) -> tuple[list[float], list[float]]:
     """Wall and CPU time of forward + backward of the batch's loss (the client's own work per step)."""
-    from fedsim.train import batch_loss
+    from fedsim.core.train import batch_loss
 
     stamps = []
     for i in range(warmup + steps + 1):
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from adversary.case import observe
-    from fedsim.cli import _quiet_libraries
-    from fedsim.models import build_model
-    from fedsim.text import load_tokenizer, make_batch
+    from fedsim.core.logs import quiet_libraries
+    from fedsim.core.models import build_model
+    from fedsim.core.text import load_tokenizer, make_batch
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
     model = build_model(args.model, args.init, seed=0)

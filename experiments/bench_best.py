@@ -22,8 +22,9 @@ import torch
 from adversary.case import observe
 from adversary.metrics import rouge, score
 from adversary.registry import run_attack
-from adversary.runner import AttackJob, batch_seed, prepare
-from fedsim.text import make_batch
+from fedsim.core.seeds import batch_seed
+from fedsim.harness import AttackJob, prepare
+from fedsim.core.text import make_batch
 
 
 def main() -> None:

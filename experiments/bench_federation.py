@@ -30,7 +30,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from fedsim.task import Settings
+    from fedsim.settings import Settings
 
     d = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from fedsim import simulate
-    from fedsim.cli import _quiet_libraries
-    from fedsim.io import read_jsonl
+    from fedsim.core.logs import quiet_libraries
+    from fedsim.core.io import read_jsonl
 
-    _quiet_libraries()
+    quiet_libraries()
     root = args.out or tempfile.mkdtemp(prefix="bench_federation_")
     runs = {}
     for label, attack in (("off", "none"), ("on", args.attack)):

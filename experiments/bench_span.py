@@ -19,10 +19,10 @@ import torch
 
 from adversary.case import GroundTruth, Observation
 from adversary.registry import get_attack
-from fedsim.data import load_task
-from fedsim.models import build_model
-from fedsim.text import decode, load_tokenizer, make_batch
-from fedsim.train import batch_gradients
+from fedsim.core.data import load_task
+from fedsim.core.models import build_model
+from fedsim.core.text import decode, load_tokenizer, make_batch
+from fedsim.core.train import batch_gradients
 
 
 def score(reconstruction, truth: GroundTruth) -> dict:

@@ -29,8 +29,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 # parallel region of the attack (see experiments/bench_attack.py); PASSIVE lets a waiting thread yield.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from adversary.runner import AttackJob, iter_attacks, prepare  # noqa: E402
-from fedsim.io import append_jsonl, read_jsonl, write_private_text  # noqa: E402
+from fedsim.harness import AttackJob, iter_attacks, prepare  # noqa: E402
+from fedsim.core.io import append_jsonl, read_jsonl, write_private_text  # noqa: E402
 from fedsim.report import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,9 @@ def setup(args: argparse.Namespace) -> argparse.Namespace:
     args.started = time.perf_counter()
     args.load_start = os.getloadavg()[0]
     torch.set_num_threads(max(1, args.threads))
-    from fedsim.cli import _quiet_libraries
+    from fedsim.core.logs import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     return args
 
 
@@ -108,8 +108,8 @@ def glue_sentences(task: str, n: int, data_dir: str | Path, seed: int = 0, *, sp
     """``n`` distinct sentences drawn at random (by ``seed``) from a GLUE split, first segment only, by word count."""
     import numpy as np
 
-    from fedsim.data import load_task
-    from fedsim.errors import UsageError
+    from fedsim.core.data import load_task
+    from fedsim.core.errors import UsageError
 
     texts = [t for t in dict.fromkeys(load_task(task, split, str(data_dir)).dataset["text"])  # RTE repeats premises
              if len(t.split()) >= min_words and (max_words is None or len(t.split()) <= max_words)]
@@ -128,7 +128,7 @@ def glue_mixture(n: int, data_dir: str | Path, seed: int = 0, max_words: int | N
 
 def pii_sentences(n: int, seed: int = 0) -> list[str]:
     """``n`` sentences of the built-in synthetic ``pii`` set (no data directory needed)."""
-    from fedsim.data import generate_pii
+    from fedsim.core.data import generate_pii
 
     return list(generate_pii("dev", seed=seed, size=n)["text"])
 
@@ -283,26 +283,6 @@ def _cell(value: Any) -> Any:
 def write_markdown(path: Path, title: str, blocks: Sequence[str], notes: Sequence[str] = ()) -> Path:
     body = [f"# {title}", "", *(b for block in blocks for b in (block, "")), *(f"{n}\n" for n in notes)]
     path.write_text("\n".join(body).rstrip("\n") + "\n", encoding="utf-8")
-    return path
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path, private: bool = False) -> Path:
-    """Save and close a figure; ``private`` (it shows reconstructed or private tokens): mode 0600."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    if private:
-        os.chmod(path, 0o600)
     return path
 
 

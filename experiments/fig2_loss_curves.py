@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from fedsim.core.plots import pyplot, save_figure
 from fedsim.report import markdown_table
 
 NAME = "fig2_loss_curves"
@@ -43,7 +44,7 @@ def curve_rows(curves: dict[str, list[list[float]]]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    plt = common.pyplot()
+    plt = pyplot()
     fig, (ax, ax_raw) = plt.subplots(1, 2, figsize=(11, 4))
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
@@ -58,7 +59,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("TAG loss, relative (mean over sentences)")
     ax_raw.set_title("TAG loss, raw")
-    common.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

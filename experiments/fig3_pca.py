@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from experiments import common
+from fedsim.core.plots import pyplot, save_figure
 from adversary.dummy import Decoder, allowed_tokens
 from fedsim.report import markdown_table
 
@@ -49,7 +50,7 @@ def motion(prepared, reconstruction, truth) -> dict:
 def plot(m: dict, path: Path, title: str) -> None:
     """Two PCA panels: the raw embeddings, and the same vectors scaled to unit norm (the attack decodes by cosine,
     so direction is what must converge). Paths start at a circle and end at a cross; stars are the true tokens."""
-    plt = common.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)  # noqa: E731
     for ax, scale, label in ((axes[0], lambda x: x, "word-embedding space"), (axes[1], unit, "unit-normalised")):
@@ -72,7 +73,7 @@ def plot(m: dict, path: Path, title: str) -> None:
     for marker, text in (("o", "dummy at start"), ("x", "dummy at end"), ("*", "true token")):
         axes[0].scatter([], [], marker=marker, color="gray", label=text)
     axes[0].legend(fontsize=8)
-    common.save_figure(fig, path, private=True)  # shows the private tokens
+    save_figure(fig, path, private=True)  # shows the private tokens
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
-from fedsim.io import write_private_text
+from fedsim.core.plots import pyplot, save_figure
+from fedsim.core.io import write_private_text
 from fedsim.report import markdown_table
 
 NAME = "fig5_tag_vs_dlg"
@@ -51,7 +52,7 @@ def examples(rows: list[dict]) -> list[list]:
 
 
 def plot(stats: list[dict], ratio: dict[str, float], path: Path) -> None:
-    plt = common.pyplot()
+    plt = pyplot()
     fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
     by = {e["method"]: e for e in stats}
     xs = range(len(common.METRICS))
@@ -74,7 +75,7 @@ def plot(stats: list[dict], ratio: dict[str, float], path: Path) -> None:
     ax_r.set_xticks(list(xs), [common.LABELS[m] for m in common.METRICS])
     ax_r.set_ylabel("TAG / DLG")
     ax_r.set_title("ratio of means")
-    common.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

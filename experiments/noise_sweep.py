@@ -34,7 +34,8 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
-from fedsim.io import read_jsonl
+from fedsim.core.plots import pyplot, save_figure
+from fedsim.core.io import read_jsonl
 
 NAME = "noise_sweep"
 SIGMAS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)  # half decades: the threshold to ~3x
@@ -45,7 +46,7 @@ def spec(sigma: float, clip: float) -> str:
 
 
 def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
-    plt = common.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     labels = ["0" if r["sigma"] == 0 else f"{r['sigma']:g}" for r in rows]
     xs = list(range(len(rows)))
@@ -79,7 +80,7 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
     ax.set_title("convergence under noisy gradients")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    common.save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None = None) -> list[dict]:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
     p.add_argument("--target", type=float, default=0.2, help="leakage threshold on mean ROUGE-1 (default: 0.2)")
     args = common.setup(p.parse_args(argv))
     from fedsim.sweep import sweep
-    from fedsim.task import Settings
+    from fedsim.settings import Settings
 
     sigmas = args.sigmas or ([0.0, 0.1] if args.quick else list(SIGMAS))
     default_model = "tiny" if args.quick else "tinybert4"

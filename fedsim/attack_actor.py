@@ -17,6 +17,12 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+import torch
+
+from adversary import run_attack
+from adversary.metrics import score
+
 
 @dataclass(frozen=True)
 class Job:
@@ -33,14 +39,10 @@ def run_job(job: Job, observation, truth) -> dict[str, Any]:
     record: dict[str, Any] = {"round": job.round, "client": job.client, "method": job.method,
                               "reference": list(truth.texts) if truth is not None else None}
     try:
-        from adversary import run_attack
-
         reconstruction = run_attack(job.method, observation, iterations=job.iterations, seed=job.seed)  # no truth here
         record["reconstruction"] = list(reconstruction.texts)
         if truth is None:
             raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")
-        from adversary.metrics import score
-
         scores = score(reconstruction, truth)
         for key in ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct"):
             record[key] = scores.get(key)
@@ -72,8 +74,6 @@ class InlineAttacker:
         self.started = True  # nothing to start; mirrors RayAttacker.started
 
     def submit(self, job: Job, observation, truth) -> None:
-        import torch
-
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -98,8 +98,6 @@ class _AttackWorker:
     """The body of the Ray actor: one process that runs jobs one after another."""
 
     def __init__(self, threads: int = 0, niceness: int = 10) -> None:
-        import torch
-
         torch.set_num_threads(threads or default_threads())
         if niceness:  # the federation first: rounds get the cores, the attack takes what is left
             try:
@@ -137,8 +135,6 @@ def default_threads() -> int:
 def resolve_gpus(spec: str | float | int) -> float:
     """``auto``: one GPU when CUDA is visible here, else none (Ray schedules nothing that asks for a missing GPU)."""
     if str(spec).strip().lower() == "auto":
-        import torch
-
         return 1.0 if torch.cuda.is_available() else 0.0
     return float(spec)
 
@@ -161,8 +157,6 @@ class RayAttacker:
         return len(self._pending)
 
     def _get_actor(self):
-        import ray
-
         if self._actor is None:
             if not ray.is_initialized():  # a ServerApp run without the Ray simulation backend
                 ray.init(include_dashboard=False, log_to_driver=False)
@@ -184,8 +178,6 @@ class RayAttacker:
         failed, self._failed = self._failed, []
         if not self._pending:
             return failed
-        import ray
-
         try:
             ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout)
         except Exception:  # noqa: BLE001 - Ray already shut down (interrupted run): drain records the rest
@@ -203,8 +195,6 @@ class RayAttacker:
 
     def close(self) -> None:
         if self._actor is not None:
-            import ray
-
             try:
                 ray.kill(self._actor)
             except Exception:  # noqa: BLE001 - Ray may already be gone
@@ -212,8 +202,6 @@ class RayAttacker:
             self._actor = None
 
     def _collect(self, ref) -> dict:
-        import ray
-
         job = self._pending.pop(ref)
         try:
             return ray.get(ref)

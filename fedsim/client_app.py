@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim import task
+from fedsim.core import seeds
 
 app = ClientApp()
 
@@ -28,7 +29,7 @@ def train(msg: Message, context: Context) -> Message:
     num_clients = int(context.node_config["num-partitions"])
     server_round = int(cfg["server-round"])
     seed = int(cfg["seed"])
-    torch.manual_seed(seed * 1_000_003 + server_round * 1_009 + client)  # defenses that draw noise stay reproducible
+    torch.manual_seed(seeds.derive_seed(seed, server_round, client))  # defenses that draw noise stay reproducible
 
     data = task.load_split(str(cfg["dataset"]), "train", str(cfg["data-dir"]), seed)
     shard = task.client_shard(str(cfg["dataset"]), str(cfg["data-dir"]), str(cfg["partition"]), num_clients, client, seed)

@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from fedsim.errors import UsageError
-from fedsim.io import read_jsonl
+from fedsim.core.errors import UsageError
+from fedsim.core.io import read_jsonl
 
 LEAKAGE_METRICS = ("rouge1", "rouge2", "rougeL", "recover_rate")
 

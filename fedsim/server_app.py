@@ -14,12 +14,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
+from adversary.case import GroundTruth
+from defenses import ClientPrivacy, single_release_epsilon
 from fedsim import task
-from fedsim.seed import seed_everything
-from fedsim.simulate import Recorder
+from fedsim.attack_actor import make_attacker
+from fedsim.core.seeds import seed_everything
+from fedsim.results import Recorder
 from fedsim.strategy import AttackPlan, CuriousServer, FedAvgWithLog
-from fedsim.task import Settings
-from fedsim.text import load_tokenizer
+from fedsim.settings import Settings
+from fedsim.core.text import load_tokenizer
 
 app = ServerApp()
 
@@ -95,8 +98,6 @@ def build_strategy(s: Settings, train_split: task.TaskData, attacker) -> tuple[F
 
 def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indices: list[int]):
     """Scoring channel: the examples a client reported, as the model saw them. Never part of an Observation."""
-    from adversary.case import GroundTruth
-
     texts, ids, labels = task.reference_texts(train_split, indices, vocab, max_length)
     return GroundTruth(texts=texts, token_ids=ids, labels=labels)
 
@@ -109,8 +110,6 @@ class RoundPrivacy:
     """
 
     def __init__(self, s: Settings) -> None:
-        from defenses import ClientPrivacy, single_release_epsilon
-
         shards = [len(task.client_shard(s.dataset, s.data_dir, s.partition, s.clients, c, s.seed))
                   for c in range(s.clients)]
         self.clients = [ClientPrivacy(s.defense, s.batch_size, n) for n in shards]
@@ -142,8 +141,6 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
 
     attacker = None
     if s.attack != "none":
-        from fedsim.attack_actor import make_attacker
-
         attacker = make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
     base, strategy = build_strategy(s, train_split, attacker)
     privacy = make_privacy(s)

@@ -21,10 +21,9 @@ callable of the plan, whose output goes to the attacker's scoring step, never in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 import torch
@@ -32,7 +31,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-EPS32 = torch.finfo(torch.float32).eps
+from adversary.case import Observation
+from fedsim.attack_actor import Job
+from fedsim.core import seeds
+from fedsim.core.train import EPS32
 
 TRUTH_KEY = "truth"  # the scoring channel's record in a client reply
 
@@ -109,7 +111,7 @@ class CuriousServer(Strategy):
         k = self.plan.clients_per_round
         if k is None or k >= len(valid):
             return valid
-        rng = np.random.default_rng([self.plan.seed, server_round, 7])
+        rng = seeds.rng(self.plan.seed, server_round, 7)
         chosen = set(rng.choice(len(valid), size=k, replace=False).tolist())
         return [m for i, m in enumerate(valid) if i in chosen]
 
@@ -122,8 +124,6 @@ class CuriousServer(Strategy):
     def observation(self, server_round: int, reply: Message):
         """What the server sees for one update: the model at the global weights, the derived gradient, and the
         public facts (batch size, tokenizer, label count). No lengths: the attack reads them from the gradient."""
-        from adversary.case import Observation
-
         global_state = self._global[server_round].to_torch_state_dict()
         model = self.plan.model_fn(global_state)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -154,8 +154,6 @@ class CuriousServer(Strategy):
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        from fedsim.attack_actor import Job
-
         replies = list(replies)
         truths = {id(m): _pop_truth(m) for m in replies}  # scoring channel, out of the replies from here on
         for reply in self.targets(server_round, replies):
@@ -163,7 +161,7 @@ class CuriousServer(Strategy):
             indices = truths[id(reply)]
             truth = self.plan.truth(indices) if indices is not None else None
             job = Job(round=server_round, client=client, method=self.plan.method, iterations=self.plan.iterations,
-                      seed=job_seed(self.plan.seed, server_round, client))
+                      seed=seeds.derive_seed(self.plan.seed, server_round, client, 11))
             self.attacker.submit(job, self.observation(server_round, reply), truth)
             self.submitted += 1
         return self.strategy.aggregate_train(server_round, replies)
@@ -185,7 +183,3 @@ def _pop_truth(msg: Message) -> list[int] | None:
     del msg.content[TRUTH_KEY]
     return [int(i) for i in record["indices"]]
 
-
-def job_seed(seed: int, server_round: int, client: int) -> int:
-    """The attack's seed for one update: fixed by the run's seed, the round and the client."""
-    return int(np.random.default_rng([seed, server_round, client, 11]).integers(2**31 - 1))

@@ -15,8 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fedsim.io import read_jsonl
-from fedsim.task import Settings
+from defenses import format_defenses, parse_defenses, single_release_epsilon
+from fedsim.core.io import read_jsonl
+from fedsim.core.plots import pyplot
+from fedsim.settings import Settings
 
 COLUMNS = ("defense", "attack", "epsilon", "epsilon_single_release", "final_accuracy", "rouge1", "rouge2", "rougeL",
            "recover_rate", "attacks_scored", "run_dir")
@@ -34,8 +36,6 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
 
     ``resume``: a pair whose sub-directory already holds a completed run of the same settings is read, not rerun.
     """
-    from defenses import format_defenses, parse_defenses, single_release_epsilon
-
     if run is None:
         from fedsim.simulate import run as run_simulation
 
@@ -108,11 +108,7 @@ def _eps_text(eps: float) -> str:
 
 def plot_tradeoff(path: Path, rows: list[dict]) -> None:
     """Left: leakage (ROUGE-1) vs final accuracy per setting. Right: training loss per round per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(13, 5))
     attacks = sorted({r["attack"] for r in rows})
     markers = dict(zip(attacks, "os^Dv<>p"))

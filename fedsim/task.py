@@ -9,133 +9,20 @@ so clients never depend on ``run_config`` (which ``run_simulation`` leaves empty
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from fedsim.data import TaskData, load_task, partition
-from fedsim.errors import UsageError
-from fedsim.models import build_model
-from fedsim.text import decode, load_tokenizer, make_batch
-from fedsim.train import Batch, batch_gradients, batch_loss, evaluate, sgd_step
-
-MODES = ("fedsgd", "fedavg")
-GradientFn = Callable[[PreTrainedModel, Batch], dict[str, torch.Tensor]]
-
-
-@dataclass
-class Settings:
-    """One federation run. Field names are the CLI options and, with ``-`` for ``_``, the run_config keys."""
-
-    model: str = "tinybert4"
-    init: str = "normal:0.02"
-    vocab: str = "bert-base-uncased"
-    max_length: int = 64
-    dataset: str = "pii"
-    data_dir: str = ""
-    clients: int = 2
-    rounds: int = 3
-    mode: str = "fedsgd"
-    batch_size: int = 1
-    local_steps: int = 1
-    lr: float = 0.02
-    partition: str = "iid"
-    attack: str = "tag"
-    attack_iterations: int = 150
-    attack_clients: str = "all"  # "all" or K: attack K clients per round, drawn with the seed
-    attack_backend: str = "ray"  # "ray": a Ray actor (GPU when visible); "inline": in the server thread (tests, debugging)
-    attack_gpus: str = "auto"  # "auto": 1 when CUDA is visible, else 0; or a number
-    attack_threads: int = 0  # torch threads for the attack; 0 = all cores but one
-    attack_timeout: float = 600.0  # seconds to wait for outstanding attack jobs after the last round
-    defense: list[str] = field(default_factory=list)  # client-side defenses, applied in order; empty = none
-    eval_examples: int = 0  # 0 = the whole dev split
-    seed: int = 0
-    out: str = "runs/simulate"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
-        if self.attack != "none":
-            from adversary.registry import available
-
-            if self.attack not in available():
-                raise UsageError(f"unknown attack {self.attack!r}; accepted: none, {', '.join(available())}")
-        if self.defense:
-            from defenses import parse_defenses
-
-            parse_defenses(self.defense)  # a malformed spec fails here, not inside a client
-        for name in ("clients", "rounds", "batch_size", "local_steps", "attack_iterations", "max_length"):
-            if int(getattr(self, name)) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr!r}")
-        self.attack_clients_count()  # raises on a bad value
-        if self.attack_backend not in ("ray", "inline"):
-            raise UsageError(f"unknown attack backend {self.attack_backend!r}; accepted: ray, inline")
-
-    def attack_clients_count(self) -> int | None:
-        """None for ``all``, else K > 0."""
-        text = str(self.attack_clients).strip().lower()
-        if text == "all":
-            return None
-        try:
-            k = int(text)
-        except ValueError:
-            k = 0
-        if k <= 0:
-            raise UsageError(f"--attack-clients must be 'all' or a positive integer, got {self.attack_clients!r}")
-        return k
-
-    @property
-    def gradient_scale(self) -> float:
-        """Weight delta / this = the (averaged) gradient: lr for FedSGD, lr * E for FedAvg."""
-        return self.lr * (self.local_steps if self.mode == "fedavg" else 1)
-
-    @property
-    def examples_per_update(self) -> int:
-        return self.batch_size * (self.local_steps if self.mode == "fedavg" else 1)
-
-    # --- Flower run_config <-> Settings -------------------------------------------------------------------------
-    def to_run_config(self) -> dict[str, Any]:
-        return {k.replace("_", "-"): ("+".join(v) if isinstance(v, list) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> "Settings":
-        """Settings from ``context.run_config``: unknown keys are rejected, missing ones take the defaults."""
-        types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in config.items():
-            name = key.replace("-", "_")
-            if name not in types:
-                raise UsageError(f"unknown run_config key {key!r}; accepted: {', '.join(sorted(cls().to_run_config()))}")
-            default = getattr(cls, name, None)
-            if name == "defense":
-                value = defense_list(value)
-            elif isinstance(default, bool):
-                value = bool(value)
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            else:
-                value = str(value)
-            values[name] = value
-        return cls(**values)
-
-    def client_config(self) -> dict[str, Any]:
-        """What the server sends clients each round (a Flower ConfigRecord): how to train, never what to leak."""
-        return {"model": self.model, "vocab": self.vocab, "max-length": self.max_length, "dataset": self.dataset,
-                "data-dir": self.data_dir, "partition": self.partition, "seed": self.seed, "mode": self.mode,
-                "batch-size": self.batch_size, "local-steps": self.local_steps, "lr": self.lr,
-                "defense": "+".join(self.defense)}
-
+from defenses import build_gradient_fn
+from fedsim.core import seeds
+from fedsim.core.data import TaskData, load_task, partition
+from fedsim.core.models import build_model
+from fedsim.core.text import decode, load_tokenizer, make_batch
+from fedsim.core.train import Batch, GradientFn, batch_gradients, batch_loss, evaluate, sgd_step
+from fedsim.settings import Settings, defense_list
 
 # --- data -------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
@@ -153,7 +40,7 @@ def client_shard(dataset: str, data_dir: str, spec: str, num_clients: int, clien
 
 def pick_examples(shard: np.ndarray, count: int, seed: int, server_round: int, client: int) -> list[int]:
     """The examples a client trains on this round: drawn without replacement, fixed by (seed, round, client)."""
-    rng = np.random.default_rng([seed, server_round, client])
+    rng = seeds.rng(seed, server_round, client)
     replace = count > len(shard)
     return [int(i) for i in rng.choice(shard, size=count, replace=replace)]
 
@@ -187,19 +74,11 @@ def state_of(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 # --- training and evaluation ------------------------------------------------------------------------------------
-def defense_list(value: str | list[str]) -> list[str]:
-    """Defense settings from a run_config value: one string, specs composed with ``+`` (commas belong to ``dp:``)."""
-    values = [value] if isinstance(value, str) else list(value)
-    return [v.strip() for v in values if v.strip() and v.strip() != "none"]
-
-
 def make_gradient_fn(defense: list[str] | str = "") -> GradientFn:
     """The client's gradient: the hook where client-side defenses plug in. Default: plain FedSGD."""
     specs = defense_list(defense)
     if not specs:
         return batch_gradients
-    from defenses import build_gradient_fn  # only imported when a defense is asked for
-
     return build_gradient_fn(specs)
 
 

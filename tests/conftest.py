@@ -27,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from fedsim.text import load_tokenizer
+    from fedsim.core.text import load_tokenizer
 
     return load_tokenizer()
 
@@ -36,6 +36,6 @@ def tokenizer():
 def tiny():
     """The attack tests' model. uniform:0.1 rather than normal:0.02: with 32 hidden units and std 0.02 weights the
     tiny model's gradient barely depends on its input (a 0.02 perturbation of every embedding moves it by ~1e-6)."""
-    from fedsim.models import build_model
+    from fedsim.core.models import build_model
 
     return build_model("tiny", "uniform:0.1", seed=0)

@@ -12,7 +12,7 @@ from adversary.labels import recover_labels
 from adversary.metrics import score
 from adversary.objectives import GradientTarget, cosine_distance, squared_l2, tag_distance
 from adversary.registry import get_attack, run_attack
-from fedsim.text import make_batch
+from fedsim.core.text import make_batch
 
 SENTENCE = "the cat sat on the mat."
 
@@ -150,6 +150,6 @@ def test_gradient_target_depths_from_names():
 def test_engine_rejects_mismatched_lengths(tiny, tokenizer):
     observation, _ = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
     bad = Observation(tiny, observation.gradients, 1, tokenizer, seq_lengths=[5, 6])
-    from fedsim.errors import UsageError
+    from fedsim.core.errors import UsageError
     with pytest.raises(UsageError):
         GradientMatcher(bad, MatchConfig())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.data import load_task, partition
-from fedsim.data.pii import generate_pii
-from fedsim.errors import UsageError
+from fedsim.core.data import load_task, partition
+from fedsim.core.data.pii import generate_pii
+from fedsim.core.errors import UsageError
 
 
 @pytest.fixture()

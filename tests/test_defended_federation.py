@@ -12,6 +12,7 @@ from test_federation import _one_thread, _task_identity, read, run_local, small 
 
 from defenses import compute_epsilon
 from fedsim import task
+from fedsim.settings import Settings
 from fedsim.cli import main
 from fedsim.sweep import sweep
 
@@ -96,17 +97,17 @@ def test_sweep_resume_reads_completed_runs_and_reruns_changed_or_unfinished_ones
         (Path(settings.out) / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    base = task.Settings(model="tiny", dataset="pii", rounds=1, attack="none")
+    base = Settings(model="tiny", dataset="pii", rounds=1, attack="none")
     first = sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path, run=fake_run, echo=lambda _: None)
     assert len(calls) == 2
     calls.clear()
     again = sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path, run=fake_run, echo=lambda _: None,
                   resume=True)
     assert calls == [] and [r["rouge1"] for r in again] == [r["rouge1"] for r in first]
-    sweep(task.Settings(model="tiny", dataset="pii", rounds=2, attack="none"), ["none"], ["none"], tmp_path,
+    sweep(Settings(model="tiny", dataset="pii", rounds=2, attack="none"), ["none"], ["none"], tmp_path,
           run=fake_run, echo=lambda _: None, resume=True)  # other settings: rerun
     assert len(calls) == 1
-    fake_run(task.Settings(model="tiny", dataset="pii", rounds=1, attack="none", out=calls[0]), status="interrupted")
+    fake_run(Settings(model="tiny", dataset="pii", rounds=1, attack="none", out=calls[0]), status="interrupted")
     calls.clear()
     sweep(base, ["none"], ["none"], tmp_path, run=fake_run, echo=lambda _: None, resume=True)
     assert len(calls) == 1  # an interrupted run is run again

@@ -15,10 +15,10 @@ from defenses import (Accountant, ClientPrivacy, DefenseMod, add_noise, build_gr
                       compute_epsilon, defend_update, format_defenses, global_norm, mechanism, parse_defenses,
                       per_example_gradients, prune_update, single_release_epsilon)
 from defenses.specs import Clip, DpSgd, Noise, Prune
-from fedsim.errors import UsageError
-from fedsim.models import build_model
-from fedsim.text import load_tokenizer, make_batch
-from fedsim.train import batch_gradients
+from fedsim.core.errors import UsageError
+from fedsim.core.models import build_model
+from fedsim.core.text import load_tokenizer, make_batch
+from fedsim.core.train import batch_gradients
 
 TEXTS = ["a gripping, funny film", "dull", "the plot wanders and the acting is wooden throughout", "fine", "so bad"]
 LABELS = [1, 0, 0, 1, 0]

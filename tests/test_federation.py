@@ -22,9 +22,9 @@ from flwr.serverapp import Grid
 from fedsim import task
 from fedsim.client_app import app as client_app
 from fedsim.strategy import FedAvgWithLog
-from fedsim.task import Settings
-from fedsim.text import load_tokenizer
-from fedsim.train import batch_gradients
+from fedsim.settings import Settings
+from fedsim.core.text import load_tokenizer
+from fedsim.core.train import batch_gradients
 
 try:
     import tomllib
@@ -108,7 +108,7 @@ def small(tmp_path: Path, **overrides) -> Settings:
 
 def run_local(settings: Settings, **grid_kwargs):
     from fedsim.server_app import run_server
-    from fedsim.simulate import Recorder
+    from fedsim.results import Recorder
 
     lines: list[str] = []
     recorder = Recorder(settings, echo=lines.append)

@@ -16,7 +16,7 @@ from adversary.moves import MOVES, DiscreteMoves, propose
 from adversary.metrics import score
 from adversary.registry import run_attack
 from fedsim.cli import main
-from fedsim.text import make_batch
+from fedsim.core.text import make_batch
 
 SENTENCE = "the cat sat on the mat."
 TINY = ["--model", "tiny", "--init", "uniform:0.1", "--quiet"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsim.errors import UsageError
-from fedsim.models import ZOO, build_model, model_config, parse_init
-from fedsim.text import decode, load_tokenizer, make_batch
+from fedsim.core.errors import UsageError
+from fedsim.core.models import ZOO, build_model, model_config, parse_init
+from fedsim.core.text import decode, load_tokenizer, make_batch
 
 TABLE_I = {  # layers, hidden, heads, ffn: the TAG paper's Table I plus the test model
     "transformer": (2, 100, 4, 200),

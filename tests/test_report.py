@@ -6,7 +6,7 @@ import csv
 import os
 
 from fedsim.cli import main
-from fedsim.io import append_jsonl, write_json
+from fedsim.core.io import append_jsonl, write_json
 from fedsim.report import markdown_table, mean_std
 
 

@@ -10,9 +10,9 @@ from adversary.case import Observation
 from adversary.registry import get_attack
 from adversary.span import gradient_span
 from adversary.token_set import token_set
-from fedsim.models import build_model
-from fedsim.text import load_tokenizer, make_batch
-from fedsim.train import batch_gradients
+from fedsim.core.models import build_model
+from fedsim.core.text import load_tokenizer, make_batch
+from fedsim.core.train import batch_gradients
 
 SINGLE = ["mary paid twenty dollars to the bank in boston."]
 BATCH = ["anna paid", "he won today", "hello", "john left"]  # 4, 5, 3 and 4 tokens with [CLS]/[SEP]: padding

@@ -11,7 +11,8 @@ import sys
 # TAG iteration at load 7). PASSIVE lets a waiting thread yield; it costs nothing measurable on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fedsim.errors import UsageError  # noqa: E402
+from fedsim.core.errors import UsageError  # noqa: E402
+from fedsim.core.logs import quiet_libraries  # noqa: E402
 
 SUBCOMMANDS = ("attack", "simulate", "sweep", "report")
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     # Hubs are often unreachable: never wait ~25 s on retries unless the user asked for the hub explicitly.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    _quiet_libraries()
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -54,17 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"fedleak {args.command}: interrupted; results written so far are kept\n")
         return 130
-
-
-def _quiet_libraries() -> None:
-    """Library chatter (load reports, per-map progress bars) drowns the run's own progress and summary."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedsim.cli.options import add_data_options, add_model_options, add_run_options, check_dataset, positive_int
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 HELP = "reconstruct client text from its gradient (TAG, DLG, ...) and score it"
 DESCRIPTION = (HELP + ". The attack sees the model, one batch's FedSGD gradient, the tokenizer and the sequence "
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adversary.runner import AttackJob, format_table, run_job
+    from fedsim.harness import AttackJob, format_table, run_job
 
     if args.text_file is None:
         args.dataset = check_dataset(args.dataset)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from fedsim.data import TASKS
-from fedsim.errors import UsageError
-from fedsim.models import MODEL_NAMES
+from fedsim.core.data import TASKS
+from fedsim.core.errors import UsageError
+from fedsim.core.models import MODEL_NAMES
 
 
 def positive_int(text: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from fedsim.io import write_private_text
+from fedsim.core.io import write_private_text
 from fedsim.report import render
 
 HELP = "render a results directory (attack, simulate or sweep output) as Markdown"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fedsim.cli.options import add_model_options, add_run_options, check_dataset, positive_float, positive_int
-from fedsim.task import MODES, Settings
+from fedsim.settings import MODES, Settings
 
 HELP = "run a federation whose server reconstructs the clients' private text from their updates"
 DEFAULTS = Settings()
@@ -61,9 +61,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Validated Settings (UsageError on bad values: one line, exit 2)."""
     import numpy as np
 
-    from fedsim.data import partition
-    from fedsim.errors import UsageError
-    from fedsim.models import parse_init
+    from fedsim.core.data import partition
+    from fedsim.core.errors import UsageError
+    from fedsim.core.models import parse_init
 
     partition(np.zeros(2, dtype=int), 1, args.partition)  # a bad spec fails here, not inside a Ray worker
     parse_init(args.init)
@@ -104,7 +104,7 @@ def check_inputs(s: Settings) -> None:
     from pathlib import Path
 
     from fedsim import task
-    from fedsim.errors import UsageError
+    from fedsim.core.errors import UsageError
 
     if Path(s.out).exists() and not Path(s.out).is_dir():
         raise UsageError(f"--out {s.out!r} is a file; give a directory")

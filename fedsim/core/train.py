@@ -6,12 +6,15 @@ batch, which is the worst case for the defender and the setting TAG and LAMP eva
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from transformers import PreTrainedModel
 
 Batch = dict[str, torch.Tensor]  # tokenizer output plus "labels"
+# What a client reveals for one batch: plain ``batch_gradients``, or a defended version of it.
+GradientFn = Callable[[PreTrainedModel, Batch], dict[str, torch.Tensor]]
+EPS32 = torch.finfo(torch.float32).eps  # float32 machine epsilon: the floor of any gradient's own precision
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 

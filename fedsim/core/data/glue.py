@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 
-from fedsim.errors import UsageError
+from fedsim.core.errors import UsageError
 
 GLUE_TASKS = ("cola", "sst2", "rte")
 HUB_ID = "nyu-mll/glue"

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import datasets
 
-from fedsim.data.glue import GLUE_TASKS, load_glue
-from fedsim.data.partition import partition
-from fedsim.data.pii import generate_pii
-from fedsim.errors import UsageError
+from fedsim.core.data.glue import GLUE_TASKS, load_glue
+from fedsim.core.data.partition import partition
+from fedsim.core.data.pii import generate_pii
+from fedsim.core.errors import UsageError
 
 TASKS = (*GLUE_TASKS, "pii")
 SPLITS = ("train", "dev")

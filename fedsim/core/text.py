@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
-from fedsim.errors import UsageError
-from fedsim.models import packaged_model_path
+from fedsim.core.errors import UsageError
+from fedsim.core.models import packaged_model_path
 
 DEFAULT_VOCAB = "bert-base-uncased"
 VOCABS = ("bert-base-uncased (30,522 tokens, offline)", "bert-base-chinese (21,128 tokens; FILE or FEDLEAK_CHINESE_VOCAB)",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, PretrainedConfig, PreTrainedModel
 
-from fedsim.errors import UsageError, parse_float, parse_spec
+from fedsim.core.errors import UsageError, parse_float, parse_spec
 
 
 @dataclass(frozen=True)

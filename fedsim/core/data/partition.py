@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedsim.errors import UsageError, parse_float, parse_spec
+from fedsim.core.errors import UsageError, parse_float, parse_spec
 
 ACCEPTED = "iid, dirichlet:ALPHA (ALPHA > 0)"
 

@@ -18,11 +18,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from adversary.case import GradientFn, GroundTruth, Reconstruction, observe
+from adversary.case import GroundTruth, Reconstruction, observe
 from adversary.metrics import score
 from adversary.registry import get_attack
-from fedsim.errors import UsageError, require_positive
-from fedsim.io import append_jsonl, write_json, write_private_text
+from defenses import build_gradient_fn
+from fedsim.core.errors import UsageError, require_positive
+from fedsim.core.seeds import batch_seed, rng
+from fedsim.core.io import append_jsonl, write_json, write_private_text
 
 METRICS = ("recover_rate", "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct")
 DEFAULT_DATASET_SAMPLES = 10
@@ -71,9 +73,9 @@ def load_examples(job: AttackJob) -> Examples:
         if not lines:
             raise UsageError(f"text file {job.text_file!r} has no non-empty lines")
         lines = lines[: job.num_samples] if job.num_samples else lines
-        labels = np.random.default_rng(job.seed).integers(0, 2, len(lines)).tolist()
+        labels = rng(job.seed).integers(0, 2, len(lines)).tolist()
         return Examples(lines, None, [int(y) for y in labels], 2, f"text-file:{path.name}")
-    from fedsim.data import load_task
+    from fedsim.core.data import load_task
 
     task = load_task(job.dataset, job.split, job.data_dir, seed=job.seed)
     count = min(job.num_samples or DEFAULT_DATASET_SAMPLES, len(task))
@@ -82,21 +84,11 @@ def load_examples(job: AttackJob) -> Examples:
     return Examples(list(rows["text"]), pairs, [int(y) for y in rows["label"]], task.num_labels, task.name)
 
 
-def batch_seed(seed: int, index: int) -> int:
-    """Dummy-init seed of batch ``index``: distinct across batches and runs, reproducible."""
-    return (seed * 1_000_003 + index) % (2**63)
-
-
 def defense_gradient_fn(specs: tuple[str, ...] | list[str], seed: int = 0) -> GradientFn | None:
     """The client's gradient function with the requested defenses, from ``defenses.build_gradient_fn`` (its noise
     seeded from ``seed``, so a run repeats exactly)."""
     if not specs:
         return None
-    try:
-        from defenses import build_gradient_fn
-    except ImportError:
-        raise UsageError("defenses not available in this installation (defenses.build_gradient_fn is missing); "
-                         "run without --defense") from None
     return build_gradient_fn(list(specs), generator=seed)
 
 
@@ -118,8 +110,8 @@ class Prepared:
 
 def prepare(job: AttackJob, gradient_fn: GradientFn | None = None) -> Prepared:
     """Validate the job and load what it needs; every bad input fails here, before any file is written."""
-    from fedsim.models import build_model
-    from fedsim.text import load_tokenizer
+    from fedsim.core.models import build_model
+    from fedsim.core.text import load_tokenizer
 
     for name, value in (("--batch-size", job.batch_size), ("--iterations", job.iterations)):
         require_positive(name, value)
@@ -140,7 +132,7 @@ def iter_attacks(prepared: Prepared,
 
     ``on_attack(reconstruction, truth)``, when given, sees each batch's full :class:`Reconstruction` (loss curve,
     dummy snapshots) before its record is yielded: for analyses such as the experiments' figures."""
-    from fedsim.text import make_batch
+    from fedsim.core.text import make_batch
 
     job, examples, tokenizer, model = prepared.job, prepared.examples, prepared.tokenizer, prepared.model
     for index, start in enumerate(range(0, len(examples.texts), job.batch_size)):
