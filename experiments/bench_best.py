@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     job = AttackJob(model=args.model, init=args.init, dataset=args.dataset, split="dev", data_dir=args.data_dir,
                     num_samples=args.sentences, method="best", iterations=args.iterations, seed=args.seed,
-                    defenses=tuple(args.defense))
+                    defense=list(args.defense))
     prepared = prepare(job)
     ex, rows = prepared.examples, []
     for index, text in enumerate(ex.texts):

@@ -3,7 +3,7 @@ loss against the noise level sigma.
 
 Two halves, both over the library:
 
-* leakage: TAG attacks each sentence's defended gradient (``AttackJob(defenses=...)``, lengths public as in the TAG
+* leakage: TAG attacks each sentence's defended gradient (``AttackJob(defense=...)``, lengths public as in the TAG
   threat model) for every sigma: ROUGE and Recover Rate against sigma;
 * utility: ``fedsim.sweep.sweep`` runs one federation per sigma (FedSGD, no attack in the loop): final dev accuracy
   and training loss per round against sigma.
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
         common.glue_sentences("sst2", args.sentences, args.data_dir, args.seed, min_words=3, max_words=30)
     cells = [common.Cell({"sigma": s, "defense": d}, texts, common.AttackJob(
         model=model, init=init, method="tag", iterations=args.iterations, seed=args.seed,
-        defenses=() if d == "none" else (d,))) for s, d in zip(sigmas, defenses)]
+        defense=[] if d == "none" else [d])) for s, d in zip(sigmas, defenses)]
     attacks = common.aggregate(common.run_cells(cells, name, args.out, resume=args.resume), ["sigma", "defense"])
 
     data_dir = "" if args.quick else str(args.data_dir)

@@ -25,32 +25,10 @@ from defenses import build_gradient_fn
 from fedsim.core.errors import UsageError, require_positive
 from fedsim.core.seeds import batch_seed, rng
 from fedsim.core.io import append_jsonl, write_json, write_private_text
+from fedsim.settings import AttackJob
 
 METRICS = ("recover_rate", "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct")
 DEFAULT_DATASET_SAMPLES = 10
-
-
-@dataclass
-class AttackJob:
-    """One ``fedleak attack`` run. ``num_samples`` None: every line of ``text_file``, or 10 dataset examples."""
-
-    model: str = "tinybert4"
-    init: str = "normal:0.02"
-    dataset: str = "pii"
-    split: str = "train"
-    data_dir: str | None = None
-    text_file: str | None = None
-    num_samples: int | None = None
-    batch_size: int = 1
-    method: str = "tag"
-    iterations: int = 1000
-    seed: int = 0
-    out: str = "runs/attack"
-    vocab: str = "bert-base-uncased"
-    max_length: int = 64
-    defenses: tuple[str, ...] = ()
-    public_lengths: bool = True
-    attack_options: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -1,70 +1,210 @@
-"""The run's settings: one dataclass, the single source of every option's name, type and default.
+"""The run's settings: one declaration per option, from which everything else is derived.
 
-Settings travel as Flower ``run_config`` (kebab-case keys, ``flwr run .``) or as a ``Settings`` object (``fedleak
-simulate``); the server forwards the part a client needs in each train message, so clients never depend on
+Each option is a dataclass field declared once, with its type, default, help text and command-line group
+(``option(...)``). From those fields come the command-line options of ``fedleak simulate``, ``sweep`` and
+``attack`` (``add_options``), the Flower ``run_config`` keys of ``flwr run .`` (field name with ``-`` for ``_``;
+``tests/test_settings.py`` checks that ``[tool.flwr.app.config]`` in ``pyproject.toml`` matches the defaults), and
+the settings every output file records. ``Settings`` is one federation; ``AttackJob`` one ``fedleak attack`` run;
+both share the model, data and run options of ``RunOptions``.
+
+The server forwards the part a client needs in each train message (``client_config``), so clients never depend on
 ``run_config`` (which ``run_simulation`` leaves empty).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+import argparse
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from adversary.registry import available
 from defenses import parse_defenses
+from fedsim.core.data import TASKS, partition
 from fedsim.core.errors import UsageError
+from fedsim.core.models import MODEL_NAMES, parse_init
 
 MODES = ("fedsgd", "fedavg")
+ATTACK_BACKENDS = ("ray", "inline")
+SPLITS = ("train", "dev")
+GROUPS = ("model", "data", "federation", "curious server", "attack", "client-side defense", "run")  # --help order
+
+
+# --- how an option is declared --------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def option(default: Any = MISSING, help: str = "", *, group: str = "run", parse: Callable[[str], Any] | None = None,
+           choices: tuple[str, ...] | None = None, repeat: bool = False, flag: str | None = None,
+           cli: bool = True, shown: str | None = None, default_factory: Callable[[], Any] | Any = MISSING) -> Any:
+    """A settings field with what the command line needs to offer it.
+
+    ``parse``: argparse ``type`` (default: the default's type); ``repeat``: the option may be given several times
+    (a list); ``flag``: a command-line name other than ``--field-name``; ``cli=False``: not a command-line option;
+    ``shown``: how the default reads in ``--help`` when its value would mislead (``0`` meaning "all").
+    """
+    meta = {"help": help, "group": group, "parse": parse, "choices": choices, "repeat": repeat, "flag": flag,
+            "cli": cli, "shown": shown}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one command-line option per ``option`` field of ``cls``, grouped as declared."""
+    offered = [f for f in fields(cls) if f.metadata.get("cli", False) and f.name not in skip]
+    used = {f.metadata["group"] for f in offered}
+    groups = {g: parser.add_argument_group(g) for g in (*GROUPS, *sorted(used - set(GROUPS))) if g in used}
+    for f in offered:
+        meta = f.metadata
+        group = groups[meta["group"]]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        shown = meta["shown"] or ("off" if isinstance(default, bool) else "none" if default in ("", None, [])
+                                  else f"{default:g}" if isinstance(default, float) else str(default))
+        help_text = f"{meta['help']} (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
+        if isinstance(default, bool):
+            # A true default is switched off by the flag (``--private-lengths`` sets ``public_lengths`` false).
+            kwargs.update(action="store_false" if default else "store_true", default=default)
+        elif meta["repeat"]:
+            kwargs.update(action="append", default=[], metavar="SPEC")
+        else:
+            kwargs.update(default=default, type=meta["parse"] or (type(default) if default is not None else str))
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+        group.add_argument(flag_of(f), **kwargs)
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
+    """``cls`` from parsed options (validated by ``cls`` itself: UsageError, one line, exit 2)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("cli") and hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+def defense_list(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Defense settings from an option or run_config value: specs composed with ``+`` (commas belong to ``dp:``);
+    ``none`` and empty values dropped."""
+    values = [value] if isinstance(value, str) else list(value)
+    return [v.strip() for v in values if v.strip() and v.strip() != "none"]
+
+
+def check_dataset(name: str) -> str:
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise UsageError(f"unknown dataset {name!r}; accepted: {', '.join(TASKS)}")
+    return key
+
+
+# --- the options ------------------------------------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    """What every run has: a model, data, a batch size, client-side defenses, a seed and an output directory."""
+
+    model: str = option("tinybert4", f"zoo name ({', '.join(MODEL_NAMES)}), hub id or local directory", group="model")
+    init: str = option("normal:0.02", "normal:STD, uniform:RANGE or pretrained", group="model")
+    vocab: str = option("bert-base-uncased", "tokenizer vocabulary: bert-base-uncased (offline), bert-base-chinese, "
+                        "or a vocab.txt path", group="model")
+    max_length: int = option(64, "truncate sequences to this many tokens", group="model", parse=positive_int)
+    dataset: str = option("pii", f"{', '.join(TASKS)} (pii: built in, offline)", group="data")
+    data_dir: str = option("", "local GLUE directory (CoLA/, SST-2/, RTE/); else FEDLEAK_GLUE_DIR, else the hub",
+                           group="data")
+    batch_size: int = option(1, "examples per client step (sentences per gradient)", group="data", parse=positive_int)
+    defense: list[str] = option(
+        help="client-side defense applied before the update leaves the client: noise:sigma=S, clip:c=C, "
+             "dp:sigma=S,c=C or prune:p=P (repeatable: applied in order; compose with '+')",
+        group="client-side defense", repeat=True, default_factory=list)
+    seed: int = option(0, "same seed, same results")
+    out: str = option("runs/run", "output directory")
+
+    def validate(self) -> None:
+        self.dataset = check_dataset(self.dataset)
+        self.data_dir = self.data_dir or ""
+        self.defense = defense_list(self.defense)
+        parse_defenses(self.defense)  # a malformed spec fails here, not inside a client
+        parse_init(self.init)
+        for name in ("batch_size", "max_length"):
+            if int(getattr(self, name)) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
 
 
 @dataclass
-class Settings:
-    """One federation run. Field names are the CLI options and, with ``-`` for ``_``, the run_config keys."""
+class Settings(RunOptions):
+    """One federation run (``fedleak simulate``, each run of ``fedleak sweep``, ``flwr run .``)."""
 
-    model: str = "tinybert4"
-    init: str = "normal:0.02"
-    vocab: str = "bert-base-uncased"
-    max_length: int = 64
-    dataset: str = "pii"
-    data_dir: str = ""
-    clients: int = 2
-    rounds: int = 3
-    mode: str = "fedsgd"
-    batch_size: int = 1
-    local_steps: int = 1
-    lr: float = 0.02
-    partition: str = "iid"
-    attack: str = "tag"
-    attack_iterations: int = 150
-    attack_clients: str = "all"  # "all" or K: attack K clients per round, drawn with the seed
-    attack_backend: str = "ray"  # "ray": a Ray actor (GPU when visible); "inline": in the server thread (tests, debugging)
-    attack_gpus: str = "auto"  # "auto": 1 when CUDA is visible, else 0; or a number
-    attack_threads: int = 0  # torch threads for the attack; 0 = all cores but one
-    attack_timeout: float = 600.0  # seconds to wait for outstanding attack jobs after the last round
-    defense: list[str] = field(default_factory=list)  # client-side defenses, applied in order; empty = none
-    eval_examples: int = 0  # 0 = the whole dev split
-    seed: int = 0
-    out: str = "runs/simulate"
+    partition: str = option("iid", "iid or dirichlet:ALPHA (label skew)", group="data")
+    eval_examples: int = option(0, "evaluate on the first N dev examples", group="data", parse=positive_int,
+                                shown="all")
+    clients: int = option(2, "clients in the federation", group="federation", parse=positive_int)
+    rounds: int = option(3, "federated rounds", group="federation", parse=positive_int)
+    mode: str = option("fedsgd", "fedsgd: one step on one batch, the server recovers its gradient exactly; fedavg: "
+                       "--local-steps steps, the server sees their averaged gradient", group="federation",
+                       choices=MODES)
+    local_steps: int = option(1, "E, SGD steps per round (fedavg only)", group="federation", parse=positive_int)
+    lr: float = option(0.02, "client SGD learning rate", group="federation", parse=positive_float)
+    attack: str = option("tag", "none, dlg, tag, span, lamp or best (none runs no attack code)",
+                         group="curious server")
+    attack_iterations: int = option(150, "attack iterations per update", group="curious server", parse=positive_int)
+    attack_clients: str = option("all", "all, or K clients attacked per round (drawn with the seed)",
+                                 group="curious server")
+    attack_backend: str = option("ray", "ray: a Ray actor beside the federation, rounds do not wait for it; inline: "
+                                 "in the server, blocking (tests, debugging)", group="curious server",
+                                 choices=ATTACK_BACKENDS)
+    attack_gpus: str = option("auto", "GPUs for the attack actor: auto (1 if CUDA is visible), 0 or 1",
+                              group="curious server")
+    attack_threads: int = option(0, "torch threads for the attack; 0 = all cores but one", group="curious server")
+    attack_timeout: float = option(600.0, "seconds to wait for unfinished attacks after the last round",
+                                   group="curious server", parse=positive_float)
+    out: str = option("runs/simulate", "output directory")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        super().validate()
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
-        if self.attack != "none":
-            if self.attack not in available():
-                raise UsageError(f"unknown attack {self.attack!r}; accepted: none, {', '.join(available())}")
-        if self.defense:
-            parse_defenses(self.defense)  # a malformed spec fails here, not inside a client
-        for name in ("clients", "rounds", "batch_size", "local_steps", "attack_iterations", "max_length"):
+        if self.attack != "none" and self.attack not in available():
+            raise UsageError(f"unknown attack {self.attack!r}; accepted: none, {', '.join(available())}")
+        for name in ("clients", "rounds", "local_steps", "attack_iterations"):
             if int(getattr(self, name)) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr!r}")
         self.attack_clients_count()  # raises on a bad value
-        if self.attack_backend not in ("ray", "inline"):
-            raise UsageError(f"unknown attack backend {self.attack_backend!r}; accepted: ray, inline")
+        if self.attack_backend not in ATTACK_BACKENDS:
+            raise UsageError(f"unknown attack backend {self.attack_backend!r}; accepted: {', '.join(ATTACK_BACKENDS)}")
+        self.attack_threads = max(0, int(self.attack_threads))
+        self.eval_examples = max(0, int(self.eval_examples or 0))
+        self.attack_gpus = str(self.attack_gpus)
+        if self.attack_gpus.lower() != "auto":
+            try:
+                if float(self.attack_gpus) < 0:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"--attack-gpus must be auto or a number >= 0, got {self.attack_gpus!r}") from None
+        partition(np.zeros(2, dtype=int), 1, self.partition)  # a bad spec fails here, not inside a Ray worker
 
     def attack_clients_count(self) -> int | None:
         """None for ``all``, else K > 0."""
@@ -95,23 +235,20 @@ class Settings:
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> "Settings":
         """Settings from ``context.run_config``: unknown keys are rejected, missing ones take the defaults."""
-        types = {f.name: f.type for f in fields(cls)}
+        defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+                    for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in config.items():
             name = key.replace("-", "_")
-            if name not in types:
+            if name not in defaults:
                 raise UsageError(f"unknown run_config key {key!r}; accepted: {', '.join(sorted(cls().to_run_config()))}")
-            default = getattr(cls, name, None)
-            if name == "defense":
-                value = defense_list(value)
+            default = defaults[name]
+            if isinstance(default, list):
+                value = defense_list(str(value).split("+") if isinstance(value, str) else value)
             elif isinstance(default, bool):
                 value = bool(value)
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
             else:
-                value = str(value)
+                value = type(default)(value)
             values[name] = value
         return cls(**values)
 
@@ -123,7 +260,36 @@ class Settings:
                 "defense": "+".join(self.defense)}
 
 
-def defense_list(value: str | list[str]) -> list[str]:
-    """Defense settings from a run_config value: one string, specs composed with ``+`` (commas belong to ``dp:``)."""
-    values = [value] if isinstance(value, str) else list(value)
-    return [v.strip() for v in values if v.strip() and v.strip() != "none"]
+@dataclass
+class AttackJob(RunOptions):
+    """One ``fedleak attack`` run. ``num_samples`` None: every line of ``text_file``, or 10 dataset examples."""
+
+    split: str = option("train", "dataset split", group="data", choices=SPLITS)
+    text_file: str | None = option(None, "attack these sentences (one per line) instead of --dataset; labels drawn "
+                                   "from --seed", group="attack")
+    num_samples: int | None = option(None, "examples to attack: the first N", group="attack", parse=positive_int,
+                                     shown="all lines of --text-file, or 10 examples")
+    method: str = option("tag", "dlg, tag, or another registered attack", group="attack")
+    iterations: int = option(1000, "optimisation steps", group="attack", parse=positive_int)
+    public_lengths: bool = option(True, "do not give the attacker the sequence lengths: it reads them from the "
+                                  "gradient", group="attack", flag="--private-lengths")
+    attack_options: dict = option(help="the attack's own options (keyword overrides)", cli=False,
+                                  default_factory=dict)
+    out: str = option("runs/attack", "output directory")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def defenses(self) -> tuple[str, ...]:
+        """The defense specs as the attack's results files name them."""
+        return tuple(self.defense)
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("iterations", "num_samples"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+        if self.text_file is not None and not str(self.text_file).strip():
+            raise UsageError("empty --text-file path")
