@@ -30,3 +30,5 @@ lane "noise_sweep --model tiny --init uniform:0.1" noise_sweep table4_init table
   "noise_sweep --model minilm-l6 --init pretrained --sentences 3 --iterations 200 --sigmas 0 0.001 0.01 --lr 0.1 --mode fedavg --local-steps 5" &
 lane fig5_tag_vs_dlg fig3_pca table5_pretrained fig2_loss_curves table2_model_size &
 wait
+# Last, once every table is written: the paper's claims against ours (experiments/README.md's claims table).
+python experiments/claims.py > "$logs/claims.log" 2>&1 && echo "claims: done" || echo "claims: FAILED (see $logs/claims.log)"
