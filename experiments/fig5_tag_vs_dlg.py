@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 from fedsim.core.plots import pyplot, save_figure
 from fedsim.core.io import write_private_text
 from fedsim.report import markdown_table
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     common.write_table(args.out, NAME, stats, ["method"], f"Fig. 5: TAG vs DLG ({model}, normal:0.02)",
                        [common.METRIC_NOTE, "The tag/dlg row is the ratio of the two means.",
                         "Paired differences TAG - DLG per sentence: " + "; ".join(diff) + ".",
-                        common.describe_run(args, f", model {model}")])
+                        paper_note("Fig. 5"), common.describe_run(args, f", model {model}")])
     plot(stats[:-1], ratio, args.out / f"{NAME}.png")
     write_private_text(args.out / f"{NAME}_examples.md", [  # reconstructed text: 0600
         f"# Table III analogue: TAG and DLG reconstructions ({model}, {args.iterations} iterations)", "",

@@ -98,3 +98,29 @@ def fmt_pct(text: str | None) -> str:
         return f"{float(re.sub(r'[^0-9.]', '', text or '')) / 100:.3f}"
     except ValueError:
         return ""
+
+
+def paper_note(table: str, path: Path = PAPER_NUMBERS) -> str:
+    """The paper's rows of ``table`` as a Markdown block to print beside ours (percentages as 0..1 fractions, so the
+    columns read like ours); a line saying so when the numbers file is not here."""
+    rows = paper_tables(path).get(table)
+    if not rows:
+        prose = paper_section(table, path)
+        return f"The paper's {table}: {prose}" if prose else f"The paper's {table}: not in {path}."
+    header = list(rows[0])
+    metric = {"Recover Rate", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(fmt_pct(r[h]) if h in metric else r[h] for h in header) + " |" for r in rows]
+    return f"The paper's {table} (as reported, percentages shown as fractions; its n is not stated):\n\n" + "\n".join(lines)
+
+
+def paper_section(heading: str, path: Path = PAPER_NUMBERS) -> str:
+    """The text under a heading of the numbers file (for results the paper reports in prose, such as Fig. 5)."""
+    if not path.is_file():
+        return ""
+    sections = re.split(r"^## ", path.read_text(encoding="utf-8"), flags=re.M)
+    for section in sections[1:]:
+        title, _, body = section.partition("\n")
+        if title.split(" — ")[0].strip() == heading:
+            return " ".join(line.strip() for line in body.splitlines() if line.strip())
+    return ""

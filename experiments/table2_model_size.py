@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 
 NAME = "table2_model_size"
 MODELS = ("transformer", "tinybert4", "tinybert6", "bert-base")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            [common.METRIC_NOTE,
                             "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words); the big models are "
                             "attacked on the first sentences of the same list (n column).",
-                            common.describe_run(args)])
+                            paper_note("Table II"), common.describe_run(args)])
 
     return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 

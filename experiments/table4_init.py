@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 
 NAME = "table4_init"
 INITS = ("normal:0.01", "normal:0.02", "normal:0.03", "uniform:0.01", "uniform:0.02", "uniform:0.03")
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         common.write_table(args.out, NAME, common.aggregate(rows, ["init"]), ["init"],
                            f"Table IV: TAG against the weight initialisation ({model})",
                            [common.METRIC_NOTE, "Data: interleaved CoLA / SST-2 / RTE dev sentences (3-30 words), "
-                            "the same sentences and seeds in every row.", common.describe_run(args, f", model {model}")])
+                            "the same sentences and seeds in every row.", paper_note("Table IV"), common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 

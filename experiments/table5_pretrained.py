@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 
 NAME = "table5_pretrained"
 MODEL = "minilm-l6"
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                            f"Table V: TAG on pretrained vs initialised {MODEL}",
                            [common.METRIC_NOTE, "pretrained = all-MiniLM-L6-v2 weights; initialized = the same "
                             "architecture from normal:0.02. Same sentences in both rows of a dataset.",
-                            common.describe_run(args, f", model {MODEL}")])
+                            paper_note("Table V"), common.describe_run(args, f", model {MODEL}")])
 
     return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 

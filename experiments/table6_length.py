@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 
 NAME = "table6_length"
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         common.write_table(args.out, NAME, common.aggregate(rows, ["input"]), ["input"],
                            f"Table VI: TAG against input length ({model})",
                            [common.METRIC_NOTE, "tokens = WordPiece tokens without [CLS]/[SEP].",
-                            common.describe_run(args, f", model {model}")])
+                            paper_note("Table VI"), common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from experiments.paper import paper_note
 from fedsim.core.errors import UsageError
 
 NAME = "table7_vocab"
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         common.write_table(args.out, NAME, common.aggregate(rows, ["vocab", "vocab_size"]), ["vocab", "vocab_size"],
                            f"Table VII: TAG against vocabulary size ({model})",
                            [common.METRIC_NOTE, "Same lower-cased sentences in both rows; tokens = WordPiece "
-                            "tokens per sentence under that vocabulary.", common.describe_run(args, f", model {model}")])
+                            "tokens per sentence under that vocabulary.", paper_note("Table VII"), common.describe_run(args, f", model {model}")])
 
     return common.run_cells(cells, NAME, args.out, checkpoint=write, resume=args.resume)
 
