@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from adversary.case import Observation, Reconstruction
 from adversary.dummy import Decoder, Layout, allowed_tokens, build_layout, embedding_range, init_dummy
 from adversary.labels import recover_labels
-from adversary.objectives import Distance, GradientTarget, squared_l2
+from adversary.distance import Distance, GradientTarget, squared_l2
 from adversary.optim import OptimizerSpec
+from adversary.options import Budget
 from fedsim.core.errors import UsageError
 from fedsim.core.text import decode
 
@@ -137,17 +138,22 @@ class GradientMatcher:
     def decode_ids(self, dummy: torch.Tensor | None = None) -> list[list[int]]:
         return self.layout.token_ids(self.decoder(self.state.dummy if dummy is None else dummy))
 
-    def run(self, iterations: int, hooks: tuple[Hook, ...] = ()) -> Reconstruction:
-        """Optimise for ``iterations`` steps, one gradient evaluation each; record decoded ids at checkpoints."""
+    def run(self, iterations: int, hooks: tuple[Hook, ...] = (), seconds: float | None = None) -> Reconstruction:
+        """Optimise for ``iterations`` steps, one gradient evaluation each; record decoded ids at checkpoints.
+
+        ``seconds`` (counted from the matcher's set-up): a wall-clock deadline checked after every step; when it
+        passes the loop stops and the answer is decoded from where it got (``info["deadline_reached"]``), by the
+        config's ``keep`` rule as after a full run."""
         if iterations < 1:
             raise UsageError(f"iterations must be positive, got {iterations}")
+        deadline = math.inf if seconds is None else self.started + seconds
         cfg, state = self.config, self.state
         variables = [state.dummy] + ([state.label_logits] if state.label_logits is not None else [])
         optimizer, scheduler = cfg.optimizer.build(variables, iterations)
         loss_curve: list[float] = []
         trajectory, checkpoints, snapshots, snapshot_at = [], [], [], []
         best = (float("inf"), state.dummy.detach().clone(), None)
-        stopped_early, done = False, 0
+        stopped_early, out_of_time, done = False, False, 0
         if cfg.snapshot_every:  # the starting point too: figures show the dummies moving from there
             snapshots.append(self.model_inputs(state.dummy).detach().clone())
             snapshot_at.append(0)
@@ -186,6 +192,9 @@ class GradientMatcher:
                 if cfg.snapshot_every and (it % cfg.snapshot_every == 0 or it == iterations):
                     snapshots.append(self.model_inputs(state.dummy).detach().clone())
                     snapshot_at.append(it)
+                if it < iterations and time.perf_counter() > deadline:
+                    out_of_time = True
+                    break
             if cfg.keep == "best" and best[0] < float("inf"):
                 with torch.no_grad():
                     state.dummy.copy_(best[1])
@@ -198,7 +207,8 @@ class GradientMatcher:
             checkpoints.append(done)
         info = {"lengths": list(self.layout.lengths), "lengths_inferred": self.lengths_inferred,
                 "analytic_labels": self.analytic_labels, "checkpoints": checkpoints,
-                "label_strategy": cfg.labels, "stopped_early": stopped_early, "matched_tensors": len(self.names),
+                "label_strategy": cfg.labels, "stopped_early": stopped_early, "deadline_reached": out_of_time,
+                "matched_tensors": len(self.names),
                 "special_ids": sorted(set(self.observation.tokenizer.all_special_ids))}
         if cfg.snapshot_every:
             info["dummy_snapshots"], info["snapshot_iterations"] = snapshots, snapshot_at
@@ -210,10 +220,11 @@ class GradientMatcher:
                               info=info)
 
 
-def match(observation: Observation, config: MatchConfig, *, iterations: int, seed: int = 0,
+def match(observation: Observation, config: MatchConfig, budget: Budget, seed: int = 0,
           hooks: tuple[Hook, ...] = ()) -> Reconstruction:
-    """Run one gradient-matching attack: the entry point attack functions call."""
-    return GradientMatcher(observation, config, seed).run(iterations, hooks)
+    """Run one gradient-matching attack for ``budget`` (steps, and a deadline if it has seconds): the entry point
+    attack functions call."""
+    return GradientMatcher(observation, config, seed).run(budget.iterations, hooks, budget.seconds)
 
 
 def matched_parameters(model: torch.nn.Module, gradients: dict[str, torch.Tensor],

@@ -25,54 +25,30 @@ What LAMP adds to TAG, each piece here:
   iteration up to ``polish`` wider discrete steps run while they still lower the distance.
 - LAMP's GPT-2 prior is left out: no language model is available offline here.
 
-``iterations`` counts continuous steps; the discrete moves come on top (``info["discrete_evaluations"]``, each
-one forward/backward without a second-order graph, about a third of a step's cost).
+``budget.iterations`` counts continuous steps; the discrete moves come on top (``info["discrete_evaluations"]``, each
+one forward/backward without a second-order graph, about a third of a step's cost). ``budget.seconds`` stops
+the continuous loop (and with it the discrete steps it drives) at the deadline.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from adversary.case import Observation, Reconstruction
+from adversary.distance import Distance, LayerCosine, squared_l2, tag_distance
 from adversary.dummy import Decoder
-from adversary.engine import GradientMatcher, Hook, MatchConfig, attack_mode
+from adversary.engine import LABEL_STRATEGIES, GradientMatcher, Hook, MatchConfig, attack_mode
 from adversary.moves import MOVES, DiscreteMoves
 from adversary.noise import noise_level, noisy_token_set, signal_weights
-from adversary.objectives import Distance, GradientTarget, squared_l2, tag_distance
 from adversary.optim import OptimizerSpec
+from adversary.options import AttackOptions, Budget, choice
 from adversary.registry import register
 from adversary.token_set import token_set
 from fedsim.core.errors import UsageError
 
 DISTANCES = ("auto", "cos", "l2", "l1l2", "cos+l1l2")
-
-
-class LayerCosine:
-    """Weighted mean over tensors of 1 - cos(g'_i, g_i) (LAMP's ``grad_dist`` with ``--loss cos``: plain mean).
-
-    ``weights`` (one per tensor, default all 1) leave out tensors whose gradient is zero by construction (BERT's
-    attention key biases: adding a constant to every key of a query changes no softmax), whose float32 residue
-    would otherwise add a large, meaningless cosine, and under noise weigh each tensor by its share of signal
-    (:func:`adversary.noise.signal_weights`). Written as (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|), d = a - b:
-    foreach norms only, and no cancellation when the two gradients are close."""
-
-    def __init__(self) -> None:
-        self.weights: torch.Tensor | None = None
-
-    def __call__(self, dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
-        dummy_grads = list(dummy_grads)
-        norm_t = target._cache.get("norms")
-        if norm_t is None:
-            norm_t = torch.stack(torch._foreach_norm(target.tensors, 2))
-            target._cache["norms"] = norm_t
-        norm_d = torch.stack(torch._foreach_norm(dummy_grads, 2))
-        diff = torch.stack(torch._foreach_norm(torch._foreach_sub(dummy_grads, target.tensors), 2))
-        per_tensor = (diff.square() - (norm_d - norm_t).square()) / (2 * norm_d * norm_t).clamp_min(1e-30)
-        if self.weights is None:
-            return per_tensor.mean()
-        return (per_tensor * self.weights).sum() / self.weights.sum()
 
 
 def structural_zeros(matcher: GradientMatcher, rel: float = 1e-5) -> torch.Tensor:
@@ -168,32 +144,57 @@ def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> fl
     return best_value
 
 
-@register("lamp")
-def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr: float = 0.01,
-         distance: str = "auto", l1_weight: float = 1e-3, norm_weight: float = 1.0, restrict: bool = True,
-         noise_aware: bool = True, init: str = "normal", init_candidates: int = 20, discrete_every: int = 50,
-         candidates: int = 40, burn_in: float = 0.1, moves: Sequence[str] = MOVES, polish: int = 5,
-         labels: str = "auto", record_every: int = 10, hooks: tuple[Hook, ...] = ()) -> Reconstruction:
-    """LAMP (module doc). ``lr``: Adam step size, decayed linearly to 0; ``noise_aware``: read the noise level
-    (:mod:`adversary.noise`) to pick the distance and the vocabulary; ``discrete_every`` 0 turns the discrete
-    moves off; ``burn_in``: share of the iterations before the first discrete step; ``polish``: extra discrete
-    steps (4 x ``candidates`` each) after the last iteration while they help; ``labels`` as in the engine, or
-    ``auto``: ``analytic`` for B = 1 (exact from the bias gradient; LAMP assumes known labels), ``joint-analytic``
-    for B > 1 (the analytic multiset does not say which sequence has which label)."""
+@dataclass(frozen=True)
+class LampOptions(AttackOptions):
+    """``lr``: Adam step size, decayed linearly to 0; ``distance``: module doc (``auto`` reads the noise);
+    ``noise_aware``: read the noise level (:mod:`adversary.noise`) to pick the distance and the vocabulary;
+    ``restrict``: decode into the token set; ``init_candidates``: random starts tried; ``discrete_every`` 0 turns
+    the discrete moves off; ``candidates``: edits per discrete step; ``burn_in``: share of the iterations before
+    the first discrete step; ``polish``: extra discrete steps (4 x ``candidates`` each) after the last iteration
+    while they help; ``labels`` as in the engine, or ``auto``: ``analytic`` for B = 1 (exact from the bias
+    gradient; LAMP assumes known labels), ``joint-analytic`` for B > 1 (the analytic multiset does not say which
+    sequence has which label)."""
+
+    lr: float = 0.01
+    distance: str = choice("auto", *DISTANCES)
+    l1_weight: float = 1e-3
+    norm_weight: float = 1.0
+    restrict: bool = True
+    noise_aware: bool = True
+    init: str = "normal"
+    init_candidates: int = 20
+    discrete_every: int = 50
+    candidates: int = 40
+    burn_in: float = 0.1
+    moves: tuple[str, ...] = choice(MOVES, *MOVES)
+    polish: int = 5
+    labels: str = choice("auto", "auto", *LABEL_STRATEGIES)
+    record_every: int = 10
+    hooks: tuple[Hook, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.candidates < 0 or self.discrete_every < 0 or self.init_candidates < 1:
+            raise UsageError("lamp: candidates and discrete_every must be >= 0, init_candidates >= 1")
+
+
+@register("lamp", LampOptions)
+def lamp(observation: Observation, budget: Budget, seed: int, options: LampOptions) -> Reconstruction:
+    """LAMP (module doc; options: :class:`LampOptions`)."""
+    o, iterations = options, budget.iterations
+    labels, distance = o.labels, o.distance
     if labels == "auto":
         labels = "analytic" if observation.batch_size == 1 else "joint-analytic"
-    if candidates < 0 or discrete_every < 0 or init_candidates < 1:
-        raise UsageError("lamp: candidates and discrete_every must be >= 0, init_candidates >= 1")
-    sigma = noise_level(observation) if noise_aware else 0.0
+    sigma = noise_level(observation) if o.noise_aware else 0.0
     if distance == "auto":
         distance = "l2" if sigma > 0 else "cos"
-    prior = NormPrior(norm_weight)
-    config = MatchConfig(distance=lamp_distance(distance, l1_weight), init=init, labels=labels, clamp=False,
-                         optimizer=OptimizerSpec("adam", lr=lr, warmup=0.0, decay="linear"), decode="cos",
-                         keep="last", record_every=record_every, regularizer=prior)
+    prior = NormPrior(o.norm_weight)
+    config = MatchConfig(distance=lamp_distance(distance, o.l1_weight), init=o.init, labels=labels, clamp=False,
+                         optimizer=OptimizerSpec("adam", lr=o.lr, warmup=0.0, decay="linear"), decode="cos",
+                         keep="last", record_every=o.record_every, regularizer=prior)
     matcher = GradientMatcher(observation, config, seed)
     usable = int(matcher.allowed.sum())
-    vocabulary = restrict_vocabulary(matcher, observation, sigma) if restrict else usable
+    vocabulary = restrict_vocabulary(matcher, observation, sigma) if o.restrict else usable
     prior.free = matcher.layout.free
     prior.target = float(matcher.embedding.detach()[matcher.allowed].norm(dim=1).mean())
     cosine = getattr(config.distance, "cosine", config.distance)
@@ -202,12 +203,12 @@ def lamp(observation: Observation, *, iterations: int = 1000, seed: int = 0, lr:
             usable_tensors = (~structural_zeros(matcher)).double()
             weights = signal_weights(matcher.target.tensors, sigma) * usable_tensors
             cosine.weights = (weights if bool(weights.sum() > 0) else usable_tensors).float()
-        start_distance = choose_start(matcher, init_candidates, prior.target)
-    discrete = DiscreteMoves(discrete_every, candidates, start=max(1, int(burn_in * iterations)), last=iterations,
-                             seed=seed, kinds=moves,
+        start_distance = choose_start(matcher, o.init_candidates, prior.target)
+    discrete = DiscreteMoves(o.discrete_every, o.candidates, start=max(1, int(o.burn_in * iterations)),
+                             last=iterations, seed=seed, kinds=o.moves,
                              vocabulary=matcher.allowed.nonzero().flatten() if vocabulary < usable else None,
-                             polish=polish)
-    rec = matcher.run(iterations, hooks=(discrete, *hooks))
+                             polish=o.polish)
+    rec = matcher.run(iterations, hooks=(discrete, *o.hooks), seconds=budget.seconds)
     rec.info.update(method="lamp", distance=distance, vocabulary_size=vocabulary, noise_level=sigma,
                     vocabulary_restricted=vocabulary < usable,
                     start_distance=start_distance, discrete_steps=discrete.steps,

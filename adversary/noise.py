@@ -11,10 +11,10 @@ reach are the batch's tokens; and each gradient tensor's signal-to-noise ratio f
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Sequence
 
 import torch
+from scipy.stats import chi2
 
 from adversary.case import Observation
 from adversary.token_set import embeddings_tied, word_embedding_name
@@ -46,9 +46,8 @@ def noisy_token_set(observation: Observation, sigma: float, false_positives: flo
     if rows is None or sigma <= 0:
         return None
     vocab, hidden = rows.numel(), observation.gradients[word_embedding_name(observation.model)].shape[1]
-    z = NormalDist().inv_cdf(1 - false_positives / vocab)
-    c = 2 / (9 * hidden)  # chi-square quantile by Wilson-Hilferty (the plain normal one is too low for small H)
-    threshold = sigma * math.sqrt(hidden * (1 - c + z * math.sqrt(c)) ** 3)
+    # a noise row's squared norm is sigma^2 * chi-square(H): the norm passed with probability false_positives / vocab
+    threshold = sigma * math.sqrt(float(chi2.isf(false_positives / vocab, hidden)))
     kept = torch.nonzero(rows > threshold).squeeze(1)
     lengths = observation.seq_lengths
     capacity = sum(lengths) if lengths else observation.batch_size * int(

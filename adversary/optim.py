@@ -3,7 +3,8 @@
 TAG optimises with "BertAdam" (the optimiser of the original pytorch-pretrained-bert): Adam without bias
 correction, with a warm-up then linear decay of the step size and gradient-norm clipping per parameter group.
 DLG used L-BFGS. Every optimiser here is driven the same way, ``optimizer.step(closure)``, so the engine needs
-no special case for L-BFGS.
+no special case for L-BFGS. The step size follows transformers' schedules (``get_linear_schedule_with_warmup``,
+``get_constant_schedule_with_warmup``): a ``LambdaLR`` the engine steps once per iteration.
 """
 
 from __future__ import annotations
@@ -13,38 +14,19 @@ from typing import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
-
-
-def warmup_linear(warmup: float) -> Callable[[float], float]:
-    """Step-size factor at progress x in [0, 1]: ramps up over the first ``warmup`` share, then decays to 0."""
-    def factor(x: float) -> float:
-        if warmup > 0 and x < warmup:
-            return x / warmup
-        return max((1.0 - x) / max(1.0 - warmup, 1e-12), 0.0)
-    return factor
-
-
-def warmup_constant(warmup: float) -> Callable[[float], float]:
-    """Ramps up over the first ``warmup`` share, then stays at 1."""
-    return lambda x: min(x / warmup, 1.0) if warmup > 0 else 1.0
-
-
-def constant(_: float) -> float:
-    return 1.0
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 
 class BertAdam(Optimizer):
-    """Adam as in pytorch-pretrained-bert: no bias correction, scheduled lr, per-group grad clipping."""
+    """Adam as in pytorch-pretrained-bert: no bias correction, per-group grad clipping. The step size is the
+    group's ``lr``, which a scheduler (``OptimizerSpec.build``) sets before each step."""
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, total_steps: int,
-                 schedule: Callable[[float], float] = constant, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, max_grad_norm: float = 1.0) -> None:
-        if lr <= 0 or total_steps <= 0:
-            raise ValueError(f"BertAdam needs lr > 0 and total_steps > 0, got {lr}, {total_steps}")
+        if lr <= 0:
+            raise ValueError(f"BertAdam needs lr > 0, got {lr}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, max_grad_norm=max_grad_norm))
-        self.total_steps = total_steps
-        self.schedule = schedule
-        self.steps_done = 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
@@ -52,8 +34,6 @@ class BertAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        factor = self.schedule(self.steps_done / self.total_steps)
-        self.steps_done += 1
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -69,7 +49,7 @@ class BertAdam(Optimizer):
                 m, v = state["m"], state["v"]
                 m.mul_(b1).add_(p.grad, alpha=1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"] * factor)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
         return loss
 
 
@@ -83,18 +63,22 @@ class OptimizerSpec:
     decay: str = "linear"  # linear | none
     max_grad_norm: float = 1.0
 
-    def build(self, params: list[torch.Tensor], iterations: int) -> tuple[Optimizer, object | None]:
-        """The optimiser and an optional LR scheduler to step once per iteration."""
-        schedule = warmup_linear(self.warmup) if self.decay == "linear" else warmup_constant(self.warmup)
+    def build(self, params: list[torch.Tensor], iterations: int) -> tuple[Optimizer, LambdaLR | None]:
+        """The optimiser and its step-size schedule (stepped once per iteration; None for L-BFGS)."""
         if self.name == "bert-adam":
-            return BertAdam(params, self.lr, iterations, schedule, max_grad_norm=self.max_grad_norm), None
-        if self.name == "adam":
+            opt: Optimizer = BertAdam(params, self.lr, max_grad_norm=self.max_grad_norm)
+        elif self.name == "adam":
             opt = torch.optim.Adam(params, lr=self.lr)
-            total = max(iterations, 1)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step / total))
-            return opt, sched
-        if self.name == "lbfgs":
+        elif self.name == "lbfgs":
             return torch.optim.LBFGS(params, lr=self.lr, max_iter=1, history_size=100,
                                      tolerance_grad=0.0, tolerance_change=0.0), None
-        raise ValueError(f"unknown optimiser {self.name!r}; accepted: bert-adam, adam, lbfgs")
-
+        else:
+            raise ValueError(f"unknown optimiser {self.name!r}; accepted: bert-adam, adam, lbfgs")
+        total = max(iterations, 1)
+        # The warm-up stays a share of the run, so it can end between steps (7.5 of 150 at 0.05): transformers'
+        # schedules are plain arithmetic on num_warmup_steps, and rounding it to whole steps would change the
+        # step sizes. In float32 the schedule equals the hand-written factors it replaced (checked, T <= 1000).
+        warmup_steps = self.warmup * total
+        if self.decay == "linear":
+            return opt, get_linear_schedule_with_warmup(opt, warmup_steps, total)
+        return opt, get_constant_schedule_with_warmup(opt, warmup_steps)

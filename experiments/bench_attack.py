@@ -26,6 +26,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # 5.9 s per TAG iteration instead of 0.2 s under a load average of 7. PASSIVE lets a waiting thread yield at once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+if __package__ in (None, ""):  # run as python experiments/NAME.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402  (after OMP_WAIT_POLICY)
+
+from adversary.case import observe  # noqa: E402
+from adversary.options import Budget  # noqa: E402
+from adversary.registry import attack_options, run_attack  # noqa: E402
+from fedsim.core.logs import quiet_libraries  # noqa: E402
+from fedsim.core.models import build_model  # noqa: E402
+from fedsim.core.text import load_tokenizer, make_batch  # noqa: E402
+from fedsim.core.train import batch_loss  # noqa: E402
+
 SENTENCE = "The sailors rode the breeze clear of the rocks."  # 12 tokens with [CLS] and [SEP] (CoLA dev #0)
 
 
@@ -41,18 +54,15 @@ def _deltas(stamps: list[tuple[float, float]]) -> tuple[list[float], list[float]
 
 def time_attack(observation, method: str, iterations: int, warmup: int) -> tuple[list[float], list[float]]:
     """Wall and CPU time of each attack iteration, from the engine's per-step hook."""
-    from adversary.registry import run_attack
-
-    run_attack(method, observation, iterations=warmup, seed=0)
+    run_attack(method, observation, Budget(warmup), seed=0)
     stamps: list[tuple[float, float]] = []
-    run_attack(method, observation, iterations=iterations + 1, seed=0, hooks=(lambda m, it: stamps.append(_now()),))
+    run_attack(method, observation, Budget(iterations + 1), seed=0,
+               options=attack_options(method, {"hooks": (lambda m, it: stamps.append(_now()),)}))
     return _deltas(stamps)
 
 
 def time_train_steps(model, batch, steps: int, warmup: int) -> tuple[list[float], list[float]]:
     """Wall and CPU time of forward + backward of the batch's loss (the client's own work per step)."""
-    from fedsim.core.train import batch_loss
-
     stamps = []
     for i in range(warmup + steps + 1):
         if i >= warmup:
@@ -74,13 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-steps", type=int, default=50, help="training steps timed (default: 50)")
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args(argv)
-
-    import torch
-
-    from adversary.case import observe
-    from fedsim.core.logs import quiet_libraries
-    from fedsim.core.models import build_model
-    from fedsim.core.text import load_tokenizer, make_batch
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -115,5 +118,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

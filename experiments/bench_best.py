@@ -21,6 +21,7 @@ import torch
 
 from adversary.case import observe
 from adversary.metrics import rouge, score
+from adversary.options import Budget
 from adversary.registry import run_attack
 from fedsim.core.seeds import batch_seed
 from fedsim.harness import AttackJob, prepare
@@ -48,7 +49,7 @@ def main() -> None:
     for index, text in enumerate(ex.texts):
         batch = make_batch(prepared.tokenizer, [text], [ex.labels[index]])
         observation, truth = observe(prepared.model, batch, prepared.tokenizer, gradient_fn=prepared.gradient_fn)
-        rec = run_attack("best", observation, iterations=args.iterations, seed=batch_seed(args.seed, index))
+        rec = run_attack("best", observation, Budget(args.iterations), seed=batch_seed(args.seed, index))
         chosen = score(rec, truth)
         row = {"reference": truth.texts[0], "chosen": rec.info["best_attack"], "seconds": rec.seconds,
                "chosen_rouge1": chosen["rouge1"], "chosen_rouge2": chosen["rouge2"],

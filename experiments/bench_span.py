@@ -18,26 +18,20 @@ import time
 import torch
 
 from adversary.case import GroundTruth, Observation
+from adversary.options import Budget
 from adversary.registry import get_attack
+from adversary.span import SpanOptions
 from fedsim.core.data import load_task
+from adversary.metrics import score as metrics_score
 from fedsim.core.models import build_model
 from fedsim.core.text import decode, load_tokenizer, make_batch
 from fedsim.core.train import batch_gradients
 
 
 def score(reconstruction, truth: GroundTruth) -> dict:
-    """adversary.metrics.score when present (pairs references with reconstructions), else plain rouge-score."""
-    try:
-        from adversary.metrics import score as metrics_score
-        result = metrics_score(reconstruction, truth)
-        pairing = result["assignment"]
-    except ImportError:
-        from rouge_score.rouge_scorer import RougeScorer
-        scorer = RougeScorer(["rouge1", "rouge2", "rougeL"])
-        pairing = list(range(len(truth.texts)))
-        per = [scorer.score(r, reconstruction.texts[i] if i < len(reconstruction.texts) else "")
-               for r, i in zip(truth.texts, pairing)]
-        result = {k: sum(p[k].fmeasure for p in per) / len(per) for k in ("rouge1", "rouge2", "rougeL")}
+    """adversary.metrics.score (pairs references with reconstructions), plus the exact-sentence rate."""
+    result = metrics_score(reconstruction, truth)
+    pairing = result["assignment"]
     exact = [j is not None and j < len(reconstruction.texts) and reconstruction.texts[j] == t
              for t, j in zip(truth.texts, pairing)]
     return {"rouge1": result["rouge1"], "rouge2": result["rouge2"], "rougeL": result["rougeL"],
@@ -80,7 +74,8 @@ def main() -> None:
         obs = Observation(model, gradients, len(picked), tokenizer,
                           seq_lengths=lengths if args.public_lengths else None)
         start, cpu_start = time.perf_counter(), time.process_time()
-        rec = attack(obs, seed=args.seed, budget=args.budget)
+        most = args.budget if args.budget is not None else 64 * len(picked)
+        rec = attack(obs, Budget(most), args.seed, SpanOptions(max_descents=args.budget))
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         total_cpu += cpu_seconds
         total_seconds += seconds

@@ -10,7 +10,8 @@ from adversary.dummy import Decoder, allowed_tokens, build_layout
 from adversary.engine import GradientMatcher, MatchConfig, infer_length
 from adversary.labels import recover_labels
 from adversary.metrics import score
-from adversary.objectives import GradientTarget, cosine_distance, squared_l2, tag_distance
+from adversary.distance import GradientTarget, cosine_distance, squared_l2, tag_distance
+from adversary.options import Budget
 from adversary.registry import get_attack, run_attack
 from fedsim.core.text import make_batch
 
@@ -25,7 +26,7 @@ def test_registry_has_dlg_and_tag():
 
 def test_tag_reconstructs_a_known_sentence(tiny, tokenizer):
     observation, truth = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
-    rec = run_attack("tag", observation, iterations=300, seed=0)
+    rec = run_attack("tag", observation, Budget(300), seed=0)
     scores = score(rec, truth)
     assert scores["rouge1"] >= 0.9, rec.texts
     assert scores["label_correct"] == 1.0
@@ -42,14 +43,14 @@ def test_tag_reads_the_length_from_the_gradient(tiny, tokenizer):
     observation, truth = observe(tiny, batch, tokenizer, public_lengths=False)
     assert observation.seq_lengths is None
     assert infer_length(observation) == len(truth.token_ids[0])
-    rec = run_attack("tag", observation, iterations=300, seed=1)
+    rec = run_attack("tag", observation, Budget(300), seed=1)
     assert rec.info["lengths_inferred"] and rec.info["lengths"] == [len(truth.token_ids[0])]
     assert score(rec, truth)["rouge1"] >= 0.9, rec.texts
 
 
 def test_dlg_runs_and_lowers_the_distance(tiny, tokenizer):
     observation, truth = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
-    rec = run_attack("dlg", observation, iterations=30, seed=0, record_every=5)
+    rec = run_attack("dlg", observation, Budget(30), seed=0, options={"record_every": 5})
     assert rec.iterations == 30 and not rec.info["stopped_early"]
     assert all(math.isfinite(v) for v in rec.loss_curve) and min(rec.loss_curve) < rec.loss_curve[0]
     assert len(rec.token_ids[0]) == len(truth.token_ids[0]) and len(rec.trajectory) == 6
@@ -59,7 +60,7 @@ def test_dlg_runs_and_lowers_the_distance(tiny, tokenizer):
 def test_batch_of_two_with_padding(tiny, tokenizer):
     batch = make_batch(tokenizer, ["a short one.", SENTENCE + " and then some more words here."], [0, 1])
     observation, truth = observe(tiny, batch, tokenizer)
-    rec = run_attack("tag", observation, iterations=20, seed=0, snapshot_every=10)
+    rec = run_attack("tag", observation, Budget(20), seed=0, options={"snapshot_every": 10})
     assert [len(ids) for ids in rec.token_ids] == [len(ids) for ids in truth.token_ids]
     assert len(rec.labels) == 2 and len(rec.texts) == 2
     snaps = rec.info["dummy_snapshots"]
@@ -70,9 +71,9 @@ def test_batch_of_two_with_padding(tiny, tokenizer):
 
 def test_same_seed_same_result_and_seed_matters(tiny, tokenizer):
     observation, _ = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
-    a = run_attack("tag", observation, iterations=15, seed=3)
-    b = run_attack("tag", observation, iterations=15, seed=3)
-    c = run_attack("tag", observation, iterations=15, seed=4)
+    a = run_attack("tag", observation, Budget(15), seed=3)
+    b = run_attack("tag", observation, Budget(15), seed=3)
+    c = run_attack("tag", observation, Budget(15), seed=4)
     assert a.loss_curve == b.loss_curve and a.token_ids == b.token_ids
     assert a.loss_curve[0] != c.loss_curve[0]
 
@@ -153,3 +154,62 @@ def test_engine_rejects_mismatched_lengths(tiny, tokenizer):
     from fedsim.core.errors import UsageError
     with pytest.raises(UsageError):
         GradientMatcher(bad, MatchConfig())
+
+
+def test_budget_seconds_stop_the_engine_early(tiny, tokenizer):
+    observation, _ = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
+    rec = run_attack("tag", observation, Budget(100_000, seconds=0.3), seed=0)
+    assert rec.info["deadline_reached"] and 1 <= rec.iterations < 100_000
+    assert len(rec.loss_curve) == rec.iterations and rec.info["checkpoints"][-1] == rec.iterations
+    assert not run_attack("tag", observation, Budget(3, seconds=60.0), seed=0).info["deadline_reached"]
+
+
+def test_options_from_a_dict_name_what_they_reject():
+    from adversary.attacks import TagOptions
+    from adversary.best import BestOptions
+    from adversary.lamp import LampOptions
+    from adversary.registry import attack_options
+    from fedsim.core.errors import UsageError
+
+    assert attack_options("tag", {"lr": 1}) == TagOptions(lr=1.0)
+    assert attack_options("best", {"lamp": {"candidates": 10}}) == \
+        attack_options("best", {"per_attack": {"lamp": LampOptions(candidates=10)}}) == \
+        BestOptions(per_attack={"lamp": LampOptions(candidates=10)})
+    for name, overrides, words in (("tag", {"nope": 1}, ["nope", "accepted", "snapshot_every"]),
+                                   ("tag", {"lr": "fast"}, ["lr", "a number"]),
+                                   ("tag", {"scheme": "cubic"}, ["scheme", "linear, exp, flat"]),
+                                   ("lamp", {"moves": ["swap", "jump"]}, ["moves", "prefix"]),
+                                   ("best", {"lamp": {"candidates": "many"}}, ["candidates", "whole number"]),
+                                   ("best", {"attacks": ["tag", "nope"]}, ["nope", "accepted"]),
+                                   ("span", {"max_descents": 2.5}, ["max_descents"])):
+        with pytest.raises(UsageError) as err:
+            attack_options(name, overrides)
+        assert all(w in str(err.value) for w in words), str(err.value)
+    with pytest.raises(UsageError):
+        Budget(-1)
+    with pytest.raises(UsageError):
+        get_attack("tag").options(LampOptions())  # another attack's options
+
+
+def test_a_new_attack_is_a_function_an_options_class_and_register(tiny, tokenizer):
+    from dataclasses import dataclass
+
+    from adversary.case import Reconstruction
+    from adversary.options import AttackOptions
+    from adversary.registry import ATTACKS, register
+
+    @dataclass(frozen=True)
+    class EchoOptions(AttackOptions):
+        text: str = "hello"
+
+    @register("echo", EchoOptions)
+    def echo(observation, budget: Budget, seed: int, options: EchoOptions) -> Reconstruction:
+        return Reconstruction([options.text] * observation.batch_size, [[]], [seed], iterations=budget.iterations)
+
+    try:
+        observation, _ = observe(tiny, make_batch(tokenizer, [SENTENCE], [1]), tokenizer)
+        rec = run_attack("echo", observation, Budget(7), seed=3, options={"text": "hi"})
+        assert rec.texts == ["hi"] and rec.labels == [3] and rec.iterations == 7
+        assert run_attack("echo", observation, Budget(1)).texts == ["hello"]
+    finally:
+        ATTACKS.pop("echo", None)

@@ -8,12 +8,13 @@ import random
 import pytest
 import torch
 
-from adversary.candidates import gradient_distance
 from adversary.case import observe
+from adversary.distance import LayerCosine, candidate_distance as gradient_distance
 from adversary.engine import GradientMatcher, MatchConfig, attack_mode
-from adversary.lamp import LayerCosine, structural_zeros
+from adversary.lamp import structural_zeros
 from adversary.moves import MOVES, DiscreteMoves, propose
 from adversary.metrics import score
+from adversary.options import Budget
 from adversary.registry import run_attack
 from fedsim.cli import main
 from fedsim.core.text import make_batch
@@ -76,7 +77,7 @@ def test_candidate_distance_ranks_the_truth_first(clean):
 
 def test_lamp_reconstructs_a_known_sentence(clean, tokenizer):
     observation, truth = clean
-    rec = run_attack("lamp", observation, iterations=300, seed=0)
+    rec = run_attack("lamp", observation, Budget(300), seed=0)
     scores = score(rec, truth)
     assert scores["rouge1"] >= 0.9 and scores["rouge2"] >= 0.75, rec.texts
     assert scores["label_correct"] == 1.0
@@ -90,7 +91,7 @@ def test_lamp_reconstructs_a_known_sentence(clean, tokenizer):
 
 def test_best_returns_span_exactly_on_a_clean_gradient(clean):
     observation, truth = clean
-    rec = run_attack("best", observation, iterations=50, seed=0)
+    rec = run_attack("best", observation, Budget(50), seed=0)
     assert rec.info["best_attack"] == "span" and rec.info["span_check_passed"]
     assert rec.token_ids == truth.token_ids and rec.labels == truth.labels
     assert list(rec.info["candidate_distances"]) == ["span"]  # nothing else ran
@@ -99,7 +100,7 @@ def test_best_returns_span_exactly_on_a_clean_gradient(clean):
 
 def test_best_falls_back_to_optimisation_under_noise(noised):
     observation, truth = noised
-    rec = run_attack("best", observation, iterations=40, seed=0, options={"lamp": {"candidates": 10}})
+    rec = run_attack("best", observation, Budget(40), seed=0, options={"lamp": {"candidates": 10}})
     info = rec.info
     assert not info["span_check_passed"]
     assert set(info["candidate_distances"]) == {"tag", "lamp"}  # span's check failed: no answer from it
@@ -108,7 +109,8 @@ def test_best_falls_back_to_optimisation_under_noise(noised):
     assert rec.gradient_distance == pytest.approx(gradient_distance(observation, rec.token_ids, rec.labels))
     assert rec.iterations == 80 and info["iterations_per_attack"] == {"tag": 40, "lamp": 40}
     assert rec.texts == info["candidate_texts"][info["best_attack"]]
-    split = run_attack("best", observation, iterations=40, seed=0, attacks=("tag",), budget="split")
+    split = run_attack("best", observation, Budget(40), seed=0,
+                       options={"attacks": ("tag",), "budget_split": "split"})
     assert split.info["iterations_per_attack"] == {"tag": 40} and split.info["best_attack"] == "tag"
 
 
@@ -148,6 +150,6 @@ def test_noise_level_and_the_tokens_above_it(clean, noised):
     assert noise_level(clean[0]) == 0.0 and noisy_token_set(clean[0], 0.0) is None
     weights = signal_weights(list(observation.gradients.values()), sigma)
     assert bool((weights >= 0).all() and (weights <= 1).all()) and float(weights.min()) < 0.5 < float(weights.max())
-    rec = run_attack("lamp", observation, iterations=30, seed=0, candidates=8)
+    rec = run_attack("lamp", observation, Budget(30), seed=0, options={"candidates": 8})
     assert rec.info["noise_level"] == pytest.approx(sigma) and rec.info["distance"] == "l2"
     assert rec.info["vocabulary_restricted"] and set(rec.token_ids[0]) <= set(truth.token_ids[0])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from adversary.case import Observation
+from adversary.options import Budget
 from adversary.registry import get_attack
 from adversary.span import gradient_span
 from adversary.token_set import token_set
@@ -16,6 +17,7 @@ from fedsim.core.train import batch_gradients
 
 SINGLE = ["mary paid twenty dollars to the bank in boston."]
 BATCH = ["anna paid", "he won today", "hello", "john left"]  # 4, 5, 3 and 4 tokens with [CLS]/[SEP]: padding
+BUDGET = Budget(1000)  # linker descents: more than span's own cap (64 x B), so that cap decides
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def observe(tokenizer, texts: list[str], labels: list[int], seed: int = 0, noise
 
 def test_single_sentence_is_recovered_exactly(tokenizer):
     obs, batch = observe(tokenizer, SINGLE, [1], seed=1)
-    rec = get_attack("span")(obs, gradient_distance=True)
+    rec = get_attack("span")(obs, BUDGET, 0, {"gradient_distance": True})
     assert rec.info["span_check_passed"]
     assert rec.token_ids == [batch["input_ids"][0].tolist()]
     assert rec.texts == SINGLE
@@ -47,7 +49,7 @@ def test_batch_of_four_with_padding_is_recovered_exactly(tokenizer):
     labels = [0, 1, 1, 0]
     obs, batch = observe(tokenizer, BATCH, labels)
     assert batch["attention_mask"].sum(1).tolist() == [4, 5, 3, 4]  # padded to 5
-    rec = get_attack("span")(obs)
+    rec = get_attack("span")(obs, BUDGET)
     assert rec.info["span_check_passed"]
     assert sorted(rec.texts) == sorted(BATCH)
     truth = {t: y for t, y in zip(BATCH, labels)}
@@ -65,7 +67,7 @@ def test_token_set_is_the_batch_tokens(tokenizer):
 
 def test_noise_makes_the_span_check_fail(tokenizer):
     obs, _ = observe(tokenizer, SINGLE, [1], noise=1e-2)
-    rec = get_attack("span")(obs)
+    rec = get_attack("span")(obs, BUDGET)
     assert rec.info["span_check_passed"] is False
     assert rec.texts == [""]
     assert token_set(obs).numel() == obs.model.get_input_embeddings().weight.shape[0]  # no false restriction

@@ -1,17 +1,28 @@
-"""Gradient distances for the matching engine: what "close to the observed gradient" means.
+"""Gradient distances: what "close to the observed gradient" means, for every attack, in one place.
 
-A distance is ``fn(dummy_grads, target) -> scalar tensor``. It sees the dummy's gradients and the observed ones as
-two aligned lists of tensors. Every distance here works on the whole list at once with ``torch._foreach_*`` ops:
-a Python loop over ~70 parameter tensors per iteration costs more than the arithmetic (NOTES, "Attack cost").
+Two kinds. The differentiable objectives the matching engine minimises are ``fn(dummy_grads, target) -> scalar
+tensor`` over two aligned lists of tensors (:class:`GradientTarget`): squared L2 (DLG), TAG's L2 + per-layer
+weighted L1, the global cosine, LAMP's per-layer cosine. Each works on the whole list at once with
+``torch._foreach_*`` ops: a Python loop over ~70 parameter tensors per iteration costs more than the arithmetic
+(NOTES, "Attack cost").
+
+The candidate yardstick (:func:`candidate_distance`) judges a batch of *token ids*: 1 - cosine of the gradient it
+produces against the observed one, over every observed tensor (word embeddings included), in float64. `best`
+picks among attacks with it (their own losses are not comparable) and `span` certifies a batch with it. Cosine,
+not L2, so that clipping (a rescaled gradient) does not change the ranking. Only the observation is read.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+
+from adversary.case import Observation
+from fedsim.core.train import batch_gradients
 
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
@@ -137,8 +148,76 @@ def cosine_distance(dummy_grads: Sequence[torch.Tensor], target: GradientTarget)
     return 1 - dot / (sq_d * sq_t).sqrt().clamp_min(1e-20)
 
 
-DISTANCES: dict[str, Callable[..., Distance]] = {
-    "l2": lambda: squared_l2,
-    "tag": tag_distance,
-    "cos": lambda: cosine_distance,
-}
+class LayerCosine:
+    """Weighted mean over tensors of 1 - cos(g'_i, g_i) (LAMP's ``grad_dist`` with ``--loss cos``: plain mean).
+
+    ``weights`` (one per tensor, default all 1) leave out tensors whose gradient is zero by construction (BERT's
+    attention key biases: adding a constant to every key of a query changes no softmax), whose float32 residue
+    would otherwise add a large, meaningless cosine, and under noise weigh each tensor by its share of signal
+    (:func:`adversary.noise.signal_weights`). Written as (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|), d = a - b:
+    foreach norms only, and no cancellation when the two gradients are close."""
+
+    def __init__(self) -> None:
+        self.weights: torch.Tensor | None = None
+
+    def __call__(self, dummy_grads: Sequence[torch.Tensor], target: GradientTarget) -> torch.Tensor:
+        dummy_grads = list(dummy_grads)
+        norm_t = target._cache.get("norms")
+        if norm_t is None:
+            norm_t = torch.stack(torch._foreach_norm(target.tensors, 2))
+            target._cache["norms"] = norm_t
+        norm_d = torch.stack(torch._foreach_norm(dummy_grads, 2))
+        diff = torch.stack(torch._foreach_norm(torch._foreach_sub(dummy_grads, target.tensors), 2))
+        per_tensor = (diff.square() - (norm_d - norm_t).square()) / (2 * norm_d * norm_t).clamp_min(1e-30)
+        if self.weights is None:
+            return per_tensor.mean()
+        return (per_tensor * self.weights).sum() / self.weights.sum()
+
+
+def candidate_batch(observation: Observation, token_ids: Sequence[Sequence[int]],
+                    labels: Sequence[int] | None = None,
+                    segments: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    """The model input for candidate sequences (special tokens included), padded, with their labels if given.
+
+    Segment ids: ``segments`` when given, else the observation's for sequences of these lengths, else zeros.
+    """
+    pad = observation.tokenizer.pad_token_id or 0
+    width = max(len(q) for q in token_ids)
+    ids = torch.full((len(token_ids), width), pad, dtype=torch.long)
+    mask, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    known = segments if segments is not None else observation.segment_ids
+    for i, seq in enumerate(token_ids):
+        ids[i, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[i, : len(seq)] = 1
+        if known is not None and i < len(known) and len(known[i]) == len(seq):
+            types[i, : len(seq)] = torch.tensor(list(known[i]), dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if labels is not None:
+        batch["labels"] = torch.tensor([int(y) for y in labels], dtype=torch.long)
+    return batch
+
+
+def batch_cosine_distance(observation: Observation, batch: dict[str, torch.Tensor]) -> float:
+    """1 - cosine(gradient of a labelled model batch, observed gradient) over the observed tensors, in float64;
+    ``inf`` when either gradient is zero."""
+    grads = batch_gradients(observation.model, batch)
+    names = [n for n in observation.gradients if n in grads]
+    dot = sq_a = sq_b = 0.0
+    for name in names:
+        a, b = grads[name].double(), observation.gradients[name].double()
+        dot += float((a * b).sum())
+        sq_a += float(a.square().sum())
+        sq_b += float(b.square().sum())
+    if sq_a == 0.0 or sq_b == 0.0:
+        return math.inf
+    return 1.0 - dot / math.sqrt(sq_a * sq_b)
+
+
+def candidate_distance(observation: Observation, token_ids: Sequence[Sequence[int]], labels: Sequence[int],
+                       segments: Sequence[Sequence[int]] | None = None) -> float:
+    """The yardstick (module doc) for candidate token ids and labels; ``inf`` for a malformed candidate (wrong
+    number of sequences or labels, an empty sequence), so that it never wins."""
+    if (len(token_ids) != observation.batch_size or len(labels) != len(token_ids)
+            or any(len(q) == 0 for q in token_ids)):
+        return math.inf
+    return batch_cosine_distance(observation, candidate_batch(observation, token_ids, labels, segments))

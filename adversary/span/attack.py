@@ -1,0 +1,129 @@
+"""The `span` attack's entry point: the subspace test, then for B > 1 the ledger and the linker, then the labels
+and the final check (a B > 1 batch passes only when its gradient matches the observed one, 1 - cos < eps32).
+
+Budget: ``budget.iterations`` bounds the linker's descents (B > 1; at most ``min(iterations, max_descents or
+64 x B)``), and ``budget.seconds`` stops the linker (no descent starts, and a running one stops its sweeps, past the
+deadline). B = 1 runs no descent: the order is read from the positions. The reconstruction reports the descents run
+as its ``iterations`` (0 for B = 1); the subspace test, the ledger and the labels are cheap and always run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from adversary.case import Observation, Reconstruction
+from adversary.distance import batch_cosine_distance, candidate_batch
+from adversary.labels import classifier_bias_name, recover_labels
+from adversary.options import AttackOptions, Budget
+from adversary.registry import register
+from adversary.span.ledger import Ledger
+from adversary.span.linker import Linker, assemble
+from adversary.span.subspace import (LayerInputs, attention_grads, attention_names, gradient_span, linker_span,
+                                     members, param_name, relative_error)
+from adversary.token_set import token_set
+from fedsim.core.train import EPS32
+
+
+@dataclass(frozen=True)
+class SpanOptions(AttackOptions):
+    """``restarts``: random descents per sequence length when B > 1; ``max_descents``: most descents in all
+    (default 64 x B; a certified sequence ends its search early, so they are only spent on a batch the linker
+    cannot finish), further bounded by ``budget.iterations``; ``gradient_distance``: also compute 1 - cosine to the
+    observed gradient for B = 1 (one forward/backward, off by default for speed; B > 1 always does, as its check)."""
+
+    restarts: int = 4
+    max_descents: int | None = None
+    gradient_distance: bool = False
+
+
+def batch_labels(obs: Observation, batch: dict[str, torch.Tensor]) -> list[int]:
+    """Each sequence's label from the classifier gradient, given the recovered inputs.
+
+    grad W = (1/B) sum_s (p_s - onehot(y_s)) z_s^T with z_s the classifier's input, which we can now compute: a
+    least-squares solve gives each sequence's (p_s - onehot(y_s)), hence y_s. B = 1: the bias gradient's only
+    negative entry (iDLG).
+    """
+    bias = classifier_bias_name(obs.gradients, obs.num_labels)
+    if bias is None or obs.num_labels < 2:
+        return [0] * obs.batch_size
+    if obs.batch_size == 1:
+        return [int(obs.gradients[bias].argmin())]
+    head = obs.model.get_submodule(bias.rsplit(".", 1)[0])
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, a, out: captured.append(a[0].detach()))
+    with torch.no_grad():
+        logits = obs.model(**batch).logits.double()
+    hook.remove()
+    gw = obs.gradients[bias[: -len("bias")] + "weight"].double()
+    coeff = torch.linalg.lstsq(captured[0].double().T, len(logits) * gw.T).solution  # B x K: p_s - onehot(y_s)
+    return [int(i) for i in torch.argmax(logits.softmax(-1) - coeff, dim=1)]
+
+
+@register("span", SpanOptions)
+def span_attack(observation: Observation, budget: Budget, seed: int, options: SpanOptions) -> Reconstruction:
+    """DAGER-style exact recovery (package doc; budget: module doc)."""
+    start = time.perf_counter()
+    obs, tok = observation, observation.tokenizer
+    info: dict = {"method": "span", "special_ids": sorted(set(tok.all_special_ids)),
+                  "analytic_labels": recover_labels(obs)}
+    grads1 = attention_grads(obs, 0)
+    if grads1 is None:
+        raise ValueError("span needs the first attention layer's query/key/value weight gradients")
+    span1 = gradient_span(grads1, error=obs.error_of(attention_names(obs, 0)))
+    info.update(rank=span1.rank, span_tol=span1.tol, singular_drop=float(span1.singular[span1.rank] /
+                span1.singular[span1.rank - 1]) if span1.rank < span1.singular.numel() else 1.0)
+    empty = Reconstruction(texts=[""] * obs.batch_size, token_ids=[[] for _ in range(obs.batch_size)],
+                           labels=list(info["analytic_labels"] or [0] * obs.batch_size), info=info)
+    if not span1.passed:
+        info.update(span_check_passed=False, reason="no drop of the first layer's gradient spectrum to float32 "
+                    "rounding level (noised, or more tokens than the hidden size)")
+        empty.seconds = time.perf_counter() - start
+        return empty
+    inputs = LayerInputs(obs.model)
+    vocab = token_set(obs)
+    info["token_set_size"] = int(vocab.numel())
+    found, length = members(obs, span1, inputs, vocab)
+    info["max_length"] = length
+    settled: list[int] = []
+    descents = 0
+    if obs.batch_size == 1:
+        seqs = [[(row[0][0], row[0][1]) for row in found if row]]
+        info["ambiguous_positions"] = sum(len(row) > 1 for row in found)
+        ok = all(found) and length > 0
+    else:
+        ledger = Ledger(obs, inputs, found)
+        pools, resolved = ledger.pools()
+        info["resolved_positions"] = sum(resolved)
+        info["pool_sizes"] = [len(p) for p in pools]
+        ffn_in = param_name(obs.model, obs.model.base_model.encoder.layer[0].intermediate.dense.weight)
+        if ffn_in not in obs.gradients or not all(pools):
+            info.update(span_check_passed=False, reason="no first-FFN gradient, or a position without candidates")
+            empty.seconds = time.perf_counter() - start
+            return empty
+        span2 = linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools), obs.error_of([ffn_in]))
+        linker = Linker(obs, span2, ledger.superset)
+        most = options.max_descents if options.max_descents is not None else 64 * obs.batch_size
+        done = assemble(obs, ledger, linker, tok.sep_token_id, seed, options.restarts,
+                        min(most, budget.iterations), budget.deadline(start))
+        seqs, settled, descents = done.sequences, done.labels, done.descents
+        info.update(rank2=span2.rank, sequence_distances=done.distances, certified_sequences=done.certified,
+                    descents=descents, linker_calls=linker.calls, deadline_reached=done.out_of_time)
+        ok = done.certified == obs.batch_size
+    token_ids = [[t for t, _ in q] for q in seqs]
+    batch = candidate_batch(obs, token_ids, segments=[[s for _, s in q] for q in seqs]) \
+        if seqs and all(seqs) else None
+    labels = batch_labels(obs, batch) if batch is not None else list(empty.labels)
+    if obs.batch_size > 1 and batch is not None:
+        labels[: len(settled)] = settled  # certified sequences: the label whose gradient the ledger matched
+    gdist = float("nan")
+    if (options.gradient_distance or obs.batch_size > 1) and batch is not None:
+        gdist = batch_cosine_distance(obs, {**batch, "labels": torch.tensor(labels)})
+    if obs.batch_size > 1:  # the assembled batch must reproduce the observed gradient to its precision
+        ok = ok and gdist < EPS32 + relative_error(obs) ** 2
+    info["span_check_passed"] = bool(ok)
+    texts = [tok.decode(q, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for q in token_ids]
+    return Reconstruction(texts=texts, token_ids=token_ids, labels=labels, iterations=descents,
+                          seconds=time.perf_counter() - start, gradient_distance=gdist, info=info)

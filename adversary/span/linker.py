@@ -1,0 +1,192 @@
+"""The linker of `span` (B > 1): which candidate tokens form one sequence.
+
+The first FFN's input-weight gradient spans each position's attention output, a function of its whole sequence.
+Sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate descent on their mean
+distance to that span (single-position changes, then exchanges of two positions' tokens when those are stuck),
+from random starts, then from starts pinned to each (position, token). A sequence certified below sqrt(eps32)
+(the geometric mean of eps32 and 1) is settled in the ledger, whose pools then shrink; a sequence in the span that
+explains no token's gradient is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from adversary.case import Observation
+from adversary.span.ledger import Ledger
+from adversary.span.subspace import Candidate, Span
+from fedsim.core.train import EPS32
+
+
+class Linker:
+    """Scores candidate sequences by the mean distance of their first-layer attention outputs (the first FFN's
+    inputs, a function of the whole sequence) to the row space of that FFN's input weight gradient.
+
+    Each (position, candidate)'s layer input and query/key/value are computed once; scoring a sequence is then
+    only the attention mixing, the output projection and LayerNorm (float32, like the client's forward)."""
+
+    def __init__(self, obs: Observation, span2: Span, pools: list[list[Candidate]]) -> None:
+        base = obs.model.base_model
+        self.attn = base.encoder.layer[0].attention
+        self.basis = span2.basis.float()  # float32 projections err ~1e-6, far below the sqrt(eps32) cut
+        self.calls = 0
+        self.index = {(p, c): i for i, (p, c) in enumerate((p, c) for p, pool in enumerate(pools) for c in pool)}
+        keys = list(self.index)
+        with torch.no_grad():
+            x = base.embeddings(input_ids=torch.tensor([[c[0] for _, c in keys]]),
+                                token_type_ids=torch.tensor([[c[1] for _, c in keys]]),
+                                position_ids=torch.tensor([[p for p, _ in keys]]))[0]
+            sa = self.attn.self
+            self.feats = [x, sa.query(x), sa.key(x), sa.value(x)]
+
+    @torch.no_grad()
+    def score(self, seqs: list[list[Candidate]]) -> torch.Tensor:
+        """Mean distance to the span of each sequence's attention outputs (0: consistent with the gradient)."""
+        self.calls += len(seqs)
+        idx = torch.tensor([[self.index[(p, c)] for p, c in enumerate(q)] for q in seqs])
+        x, q, k, v = (f[idx] for f in self.feats)
+        sa, so = self.attn.self, self.attn.output
+        n, length, _ = x.shape
+        q, k, v = (t.view(n, length, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2) for t in (q, k, v))
+        ctx = torch.softmax(q @ k.transpose(-1, -2) * sa.attention_head_size ** -0.5, dim=-1) @ v
+        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(n, length, -1)) + x)
+        y = y / y.norm(dim=-1, keepdim=True)
+        return (y - (y @ self.basis) @ self.basis.T).norm(dim=-1).mean(dim=1).double()
+
+    def descend(self, seq: list[Candidate], pools: list[list[Candidate]], sweeps: int = 12, stop: float = 0.0,
+                deadline: float = math.inf) -> tuple[tuple[Candidate, ...], float]:
+        """Descent over single-position changes, all scored in one batch per step: take every improving change
+        at once when that is better than the best single one (errors add up nearly independently), else that one.
+        Stops below ``stop``, at a local minimum, after ``sweeps`` steps or past ``deadline`` (perf_counter)."""
+        best = float(self.score([seq])[0])
+        for _ in range(sweeps):
+            if best < stop or time.perf_counter() > deadline:
+                break
+            moves = [(p, c) for p, pool in enumerate(pools) if len(pool) > 1 for c in pool if c != seq[p]]
+            if not moves:
+                break
+            trial = [seq[:p] + [c] + seq[p + 1:] for p, c in moves]
+            d = self.score(trial)
+            per_pos: dict[int, tuple[float, Candidate]] = {}
+            for (p, c), v in zip(moves, d.tolist()):
+                if v < best and v < per_pos.get(p, (float("inf"), c))[0]:
+                    per_pos[p] = (v, c)
+            if not per_pos:  # a local minimum of single changes: try exchanging two positions' tokens
+                swapped = self._best_swap(seq, pools, best)
+                if swapped is None:
+                    break
+                seq, best = swapped
+                continue
+            j = int(torch.argmin(d))
+            seq_one, d_one = trial[j], float(d[j])
+            if len(per_pos) > 1:
+                combined = [per_pos[p][1] if p in per_pos else c for p, c in enumerate(seq)]
+                d_all = float(self.score([combined])[0])
+                if d_all < d_one:
+                    seq_one, d_one = combined, d_all
+            seq, best = seq_one, d_one
+        return tuple(seq), best
+
+    def _best_swap(self, seq: list[Candidate], pools: list[list[Candidate]], best: float
+                   ) -> tuple[list[Candidate], float] | None:
+        """The best exchange of two positions' tokens (each allowed at the other's position) below ``best``:
+        words in the wrong order trap single changes, since moving one word alone repeats it."""
+        allowed = [set(pool) for pool in pools]
+        swaps = [(p, q) for p in range(len(seq)) for q in range(p + 1, len(seq))
+                 if seq[p] != seq[q] and seq[q] in allowed[p] and seq[p] in allowed[q]]
+        if not swaps:
+            return None
+        trial = [[seq[q] if i == p else seq[p] if i == q else c for i, c in enumerate(seq)] for p, q in swaps]
+        d = self.score(trial)
+        j = int(torch.argmin(d))
+        return (trial[j], float(d[j])) if float(d[j]) < best else None
+
+
+@dataclass
+class Assembly:
+    """What :func:`assemble` found: ``sequences`` (certified first, then the best uncertified minima), their linker
+    distances, the labels of the certified ones, how many are certified, descents run, and whether the deadline
+    cut the search."""
+
+    sequences: list[list[Candidate]]
+    distances: list[float]
+    labels: list[int]
+    certified: int
+    descents: int
+    out_of_time: bool
+
+
+def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
+             budget: int, deadline: float = math.inf) -> Assembly:
+    """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
+    lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
+    (exact positions first); the first sequence under sqrt(eps32) (the geometric mean of float32 precision and 1)
+    is settled in the ledger and the pools recomputed. Unfilled slots get the best uncertified minima. At most
+    ``budget`` descents in all, none started past ``deadline`` (a ``time.perf_counter()`` value)."""
+    rng = np.random.default_rng(seed)
+    cert = math.sqrt(EPS32)
+    left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
+    found: list[tuple[Candidate, ...]] = []
+    labels: list[int] = []
+    minima: dict[tuple[Candidate, ...], float] = {}
+    rejected: set[tuple[Candidate, ...]] = set()
+    descents, out_of_time = 0, False
+
+    def attempts(pools: list[list[Candidate]], resolved: list[bool], ends: list[int]):
+        for _ in range(restarts):
+            for e in ends:
+                yield e, {}
+        todo = sorted((not resolved[p], -p, p, c) for p, pool in enumerate(pools) for c in pool if p > 0)
+        for *_, p, c in todo:
+            for e in ends:
+                if p < e or (p == e and c[0] == sep):
+                    yield e, {p: c}
+
+    while len(found) < obs.batch_size and descents < budget and not out_of_time:
+        pools, resolved = ledger.pools()
+        ends = [e for e in range(1, len(pools)) if any(t == sep for t, _ in pools[e])]
+        if left is not None:
+            ends = [e for e in ends if left.get(e + 1, 0) > 0]
+        subs = {}
+        for e in ends:
+            sub = [list(pools[p]) for p in range(e + 1)]
+            sub[e] = [c for c in sub[e] if c[0] == sep]
+            for p in range(1, e):
+                sub[p] = [c for c in sub[p] if c[0] != sep] or sub[p]
+            if all(sub):
+                subs[e] = sub
+        new = None
+        for e, pinned in attempts(pools, resolved, list(subs)):
+            if descents >= budget:
+                break
+            if time.perf_counter() > deadline:
+                out_of_time = True
+                break
+            descents += 1
+            sub = [[pinned[p]] if p in pinned else pool for p, pool in enumerate(subs[e])]
+            start = [pool[int(rng.integers(len(pool)))] for pool in sub]
+            seq, d = linker.descend(start, sub, stop=cert, deadline=deadline)
+            minima[seq] = min(d, minima.get(seq, float("inf")))
+            if d < cert and seq not in found and seq not in rejected:
+                label, rows, explained = ledger.explain(list(seq))
+                if explained:
+                    new = seq
+                    break
+                rejected.add(seq)  # in the span but explains no token's gradient: not a batch sequence
+        if new is None:
+            break
+        found.append(new)
+        labels.append(label)
+        ledger.settle(list(new), rows)
+        if left is not None:
+            left[len(new)] -= 1
+    n_cert = len(found)
+    rest = sorted((q for q in minima if q not in found and q not in rejected), key=minima.get)
+    rest = rest[: obs.batch_size - n_cert]
+    chosen = found + rest
+    return Assembly([list(q) for q in chosen], [minima[q] for q in chosen], labels, n_cert, descents, out_of_time)

@@ -1,0 +1,87 @@
+"""`span`'s linker on the `tiny` model (random init, B = 2): the first FFN's gradient span tells which candidate
+tokens form one sequence; descent from any mixture of the pools lands on a true sequence; `assemble` recovers the
+batch, within its descent budget and deadline. The model is the attack tests' ``uniform:0.1`` one: at
+``normal:0.02`` the 32-wide tiny model's first FFN is nearly linear, its gradient span is the whole space, and
+only the ledger (test_span_ledger.py) tells mixtures from sequences."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import pytest
+
+from adversary.case import Observation
+from adversary.options import Budget
+from adversary.registry import run_attack
+from adversary.span.ledger import Ledger
+from adversary.span.linker import Linker, assemble
+from adversary.span.subspace import LayerInputs, attention_grads, gradient_span, linker_span, members
+from adversary.token_set import token_set
+from fedsim.core.text import make_batch
+from fedsim.core.train import EPS32, batch_gradients
+
+CERT = math.sqrt(EPS32)
+FFN = "bert.encoder.layer.0.intermediate.dense.weight"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def build(model, tokenizer, texts: list[str], labels: list[int]):
+    """Observation, ledger, linker and the true (token, segment) sequences of a fresh batch."""
+    batch = make_batch(tokenizer, texts, labels)
+    obs = Observation(model, batch_gradients(model, batch), len(texts), tokenizer)
+    inputs = LayerInputs(model)
+    found, _ = members(obs, gradient_span(attention_grads(obs, 0)), inputs, token_set(obs))
+    ledger = Ledger(obs, inputs, found)
+    linker = Linker(obs, linker_span(obs.gradients[FFN], len(texts) * len(found)), ledger.superset)
+    truth = [[(int(batch["input_ids"][i, p]), int(batch["token_type_ids"][i, p])) for p in range(n)]
+             for i, n in enumerate(batch["attention_mask"].sum(1).tolist())]
+    return obs, ledger, linker, truth
+
+
+@pytest.fixture(scope="module")
+def same_length(tiny, tokenizer):
+    return build(tiny, tokenizer, ["the cat sat", "a dog ran"], [0, 1])
+
+
+def test_true_sequences_score_below_the_certificate_and_mixtures_far_above(same_length):
+    _, ledger, linker, truth = same_length
+    pools, _ = ledger.pools()
+    every = [list(q) for q in itertools.product(*pools)]
+    assert len(every) == 8  # two candidates at each content position
+    scores = linker.score(every).tolist()
+    for seq, value in zip(every, scores):
+        assert (value < CERT) == (seq in truth), (seq, value)
+    assert max(v for s, v in zip(every, scores) if s in truth) < CERT / 10
+    assert min(v for s, v in zip(every, scores) if s not in truth) > CERT * 10
+
+
+def test_descent_from_any_mixture_of_the_pools_lands_on_a_true_sequence(same_length):
+    _, ledger, linker, truth = same_length
+    pools, _ = ledger.pools()
+    for start in itertools.product(*pools):
+        seq, value = linker.descend(list(start), pools, stop=CERT)
+        assert list(seq) in truth and value < CERT, (start, seq)
+
+
+def test_assemble_recovers_a_padded_batch_within_its_budget(tiny, tokenizer):
+    obs, ledger, linker, truth = build(tiny, tokenizer, ["anna paid", "he won today"], [1, 0])
+    sep = obs.tokenizer.sep_token_id
+    done = assemble(obs, ledger, linker, sep, seed=0, restarts=4, budget=64)
+    assert done.certified == 2 and sorted(done.sequences) == sorted(truth) and not done.out_of_time
+    assert sorted(done.labels) == [0, 1] and 2 <= done.descents <= 64
+    obs, ledger, linker, _ = build(tiny, tokenizer, ["anna paid", "he won today"], [1, 0])
+    assert assemble(obs, ledger, linker, sep, seed=0, restarts=4, budget=0).descents == 0
+    late = assemble(obs, ledger, linker, sep, seed=0, restarts=4, budget=64, deadline=time.perf_counter() - 1)
+    assert late.descents == 0 and late.out_of_time and late.certified == 0
+
+
+def test_the_attack_counts_descents_as_iterations_and_stops_at_its_budget(same_length):
+    obs, *_ = same_length
+    rec = run_attack("span", obs, Budget(1000), seed=0)
+    assert rec.info["span_check_passed"] and rec.iterations == rec.info["descents"] >= 2
+    starved = run_attack("span", obs, Budget(1), seed=0)
+    assert starved.iterations == 1 and not starved.info["span_check_passed"]
+    assert run_attack("span", obs, Budget(1000), seed=0, options={"max_descents": 1}).iterations == 1
