@@ -4,15 +4,15 @@ Every script is ``python experiments/NAME.py [--quick] [--out DIR]`` (or ``pytho
 reads real GLUE sentences from ``../shared/glue`` (``--data-dir``); ``--quick`` uses the built-in ``pii`` sentences
 and the ``tiny`` model so that it runs anywhere in seconds (the tests run it). Each script writes
 ``OUT/NAME.csv`` and ``OUT/NAME.md`` (and a PNG where a figure fits); ``OUT/raw/NAME.jsonl`` keeps every attacked
-sentence with its reconstruction (mode 0600, git-ignored), from which the tables can be checked.
+sentence with its reconstruction (mode 0600, git-ignored), from which the tables can be checked; ``OUT/summary.json``
+(kind ``experiment``) says per script how many rows it has and how many were kept from an earlier run. Every file is
+written through ``fedsim.results`` (``FILES["experiment"]``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import json
 import math
 import os
 import statistics
@@ -29,9 +29,12 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 # parallel region of the attack (see experiments/bench_attack.py); PASSIVE lets a waiting thread yield.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from fedsim.core.data import generate_pii, load_task  # noqa: E402
+from fedsim.core.errors import UsageError  # noqa: E402
+from fedsim.core.logs import quiet_libraries  # noqa: E402
 from fedsim.harness import AttackJob, iter_attacks, prepare  # noqa: E402
-from fedsim.core.io import append_jsonl, read_jsonl, write_private_text  # noqa: E402
 from fedsim.report import markdown_table  # noqa: E402
+from fedsim.results import LEDGER, Resume, RunDir, record_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -83,15 +86,15 @@ def setup(args: argparse.Namespace) -> argparse.Namespace:
     args.out.mkdir(parents=True, exist_ok=True)
     args.started = time.perf_counter()
     args.load_start = os.getloadavg()[0]
+    LEDGER.reset()  # the notes count what this run kept from an earlier one
     torch.set_num_threads(max(1, args.threads))
-    from fedsim.core.logs import quiet_libraries
-
     quiet_libraries()
     return args
 
 
 def describe_run(args: argparse.Namespace, extra: str = "") -> str:
-    """One line for the Markdown: scale, wall time and machine load (timings on a shared machine are inflated)."""
+    """One line for the Markdown: scale, wall time, machine load (timings on a shared machine are inflated), and
+    how many rows this run kept from an earlier one (``fedsim.results.LEDGER``: every published table says it)."""
     wall = time.perf_counter() - args.started
     mode = "quick (tiny model, built-in pii sentences)" if args.quick else "full"
     return (f"Run: {mode}, {args.sentences} sentence(s) per cell, {args.iterations} iterations{extra}; "
@@ -99,7 +102,8 @@ def describe_run(args: argparse.Namespace, extra: str = "") -> str:
             f"load average {args.load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end (other jobs shared "
             f"the machine; per-sentence seconds are inflated accordingly)."
             + (" Resumed: sentences kept from an earlier run (raw rows marked `resumed`) keep that run's seconds; "
-               "the wall time counts only this run." if getattr(args, "resume", False) else ""))
+               "the wall time counts only this run." if getattr(args, "resume", False) else "")
+            + " " + LEDGER.note())
 
 
 # --- sentences ----------------------------------------------------------------------------------------------------
@@ -107,9 +111,6 @@ def glue_sentences(task: str, n: int, data_dir: str | Path, seed: int = 0, *, sp
                    min_words: int = 0, max_words: int | None = None) -> list[str]:
     """``n`` distinct sentences drawn at random (by ``seed``) from a GLUE split, first segment only, by word count."""
     import numpy as np
-
-    from fedsim.core.data import load_task
-    from fedsim.core.errors import UsageError
 
     texts = [t for t in dict.fromkeys(load_task(task, split, str(data_dir)).dataset["text"])  # RTE repeats premises
              if len(t.split()) >= min_words and (max_words is None or len(t.split()) <= max_words)]
@@ -128,8 +129,6 @@ def glue_mixture(n: int, data_dir: str | Path, seed: int = 0, max_words: int | N
 
 def pii_sentences(n: int, seed: int = 0) -> list[str]:
     """``n`` sentences of the built-in synthetic ``pii`` set (no data directory needed)."""
-    from fedsim.core.data import generate_pii
-
     return list(generate_pii("dev", seed=seed, size=n)["text"])
 
 
@@ -152,30 +151,35 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
 
     Rows are appended to ``OUT/raw/NAME.jsonl`` (0600: reconstructions) as they come; ``checkpoint(rows so far)``
     runs after each sentence (e.g. to rewrite the tables), so an interrupted run still leaves what it finished.
-    ``resume`` keeps the rows of an earlier run with the same labels, sentence and attack (``row_key``) instead of
-    attacking those sentences again (not with ``on_attack``: its hook needs the attack to run).
+    ``resume`` keeps the rows of an earlier run with the same labels, sentence and attack (``fedsim.results.Resume``)
+    instead of attacking those sentences again (not with ``on_attack``: its hook needs the attack to run).
+    ``OUT/summary.json`` records the rows and how many were kept.
     """
-    raw = out / "raw"
-    raw_file = raw / f"{name}.jsonl"
-    earlier = read_jsonl(raw_file) if resume and on_attack is None and raw_file.exists() else []
-    write_private_text(raw_file, [])
+    files = RunDir(out, "experiment")
+    raw_name = f"raw/{name}.jsonl"
+    earlier = Resume.rows(files.path(raw_name), "attacked sentence", enabled=resume and on_attack is None)
+    files.start(raw_name)
     rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        files.append(raw_name, row)
+        record_experiment(out, name, {"status": "running", "rows": len(rows),
+                                      "reused": sum(1 for r in rows if r.get("resumed")), "resume": resume})
+        if checkpoint is not None:
+            checkpoint(rows)
+
     for c, cell in enumerate(cells, 1):
         job = replace(cell.job, num_samples=None, batch_size=1)
         names = [*cell.labels, *_job_facts(job), "text_sha"]
-        done = {row_key(r, names): r for r in earlier}
-        keys = [row_key({**_job_facts(job), **cell.labels, "text_sha": text_sha(t)}, names) for t in cell.texts]
-        kept = {i: done[k] for i, k in enumerate(keys) if k in done}
+        wanted = [{**_job_facts(job), **cell.labels, "text_sha": text_sha(t)} for t in cell.texts]
+        kept = earlier.keep(wanted, names, label=f"[{name}] cell {c}/{len(cells)} {cell.labels}")
         todo = [i for i in range(len(cell.texts)) if i not in kept]
         for i in sorted(kept):
-            _add_row(rows, raw_file, {**kept[i], "resumed": True}, checkpoint)
-        if kept:
-            print(f"[{name}] cell {c}/{len(cells)} {cell.labels}: {len(kept)} sentence(s) kept from the earlier run",
-                  file=sys.stderr, flush=True)
+            add({**kept[i], "resumed": True})
         if not todo:
             continue
-        text_file = raw / f"{name}_cell{c}.txt"
-        write_private_text(text_file, [cell.texts[i] for i in todo])
+        text_file = files.write_text(f"raw/{name}_cell{c}.txt", "".join(cell.texts[i] + "\n" for i in todo))
         prepared = prepare(replace(job, text_file=str(text_file)))
         facts: dict[str, Any] = {}
 
@@ -186,10 +190,11 @@ def run_cells(cells: Sequence[Cell], name: str, out: Path, on_attack: OnAttack |
 
         for n, (i, record) in enumerate(zip(todo, iter_attacks(prepared, on_attack=hook)), 1):
             row = {**record, **cell.labels, "tokens": facts["tokens"], "text_sha": text_sha(cell.texts[i])}
-            _add_row(rows, raw_file, row, checkpoint)  # the cell's labels win over the record's
+            add(row)  # the cell's labels win over the record's
             print(f"[{name}] cell {c}/{len(cells)} {cell.labels} sentence {n}/{len(todo)}: "
                   f"RR {row['recover_rate']:.2f} R-1 {row['rouge1']:.2f} R-2 {row['rouge2']:.2f} "
                   f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
+    record_experiment(out, name, {"status": "attacked", "rows": len(rows), "reused": earlier.kept, "resume": resume})
     return rows
 
 
@@ -199,20 +204,9 @@ def text_sha(text: str) -> str:
 
 
 def _job_facts(job: AttackJob) -> dict[str, Any]:
+    """With the cell's labels and the sentence (``text_sha``): what makes two raw rows the same attack."""
     return {"method": job.method, "model": job.model, "init": job.init, "iterations": job.iterations,
-            "seed": job.seed, "defenses": list(job.defenses)}
-
-
-def row_key(row: dict, names: Sequence[str]) -> str:
-    """What makes two raw rows the same attack: the cell's labels, the attack's setting and the sentence."""
-    return json.dumps({k: row.get(k) for k in names}, sort_keys=True, default=str)
-
-
-def _add_row(rows: list[dict], raw_file: Path, row: dict, checkpoint: Callable[[list[dict]], None] | None) -> None:
-    rows.append(row)
-    append_jsonl(raw_file, row)
-    if checkpoint is not None:
-        checkpoint(rows)
+            "seed": job.seed, "defenses": list(job.defense)}
 
 
 # --- aggregation --------------------------------------------------------------------------------------------------
@@ -265,13 +259,8 @@ def write_table(out: Path, name: str, stats: list[dict], by: Sequence[str], titl
 
 
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
-    return path
+    """A script's table as CSV (``fedsim.results``: replaced atomically)."""
+    return RunDir(path.parent, "experiment").write_csv(path.name, rows, columns, cell=_cell)
 
 
 def _cell(value: Any) -> Any:
@@ -282,8 +271,7 @@ def _cell(value: Any) -> Any:
 
 def write_markdown(path: Path, title: str, blocks: Sequence[str], notes: Sequence[str] = ()) -> Path:
     body = [f"# {title}", "", *(b for block in blocks for b in (block, "")), *(f"{n}\n" for n in notes)]
-    path.write_text("\n".join(body).rstrip("\n") + "\n", encoding="utf-8")
-    return path
+    return RunDir(path.parent, "experiment").write_text(path.name, "\n".join(body).rstrip("\n") + "\n")
 
 
 METRIC_NOTE = ("Metrics: Recover Rate = share of the sentence's tokens present in the reconstruction at the best "

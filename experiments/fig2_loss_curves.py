@@ -19,7 +19,8 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
-from fedsim.core.plots import pyplot, save_figure
+from fedsim.core.plots import pyplot
+from fedsim.results import RunDir
 from fedsim.report import markdown_table
 
 NAME = "fig2_loss_curves"
@@ -59,7 +60,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("TAG loss, relative (mean over sentences)")
     ax_raw.set_title("TAG loss, raw")
-    save_figure(fig, path)
+    RunDir(path.parent, "experiment").save_figure(path.name, fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from experiments import common
-from fedsim.core.plots import pyplot, save_figure
+from fedsim.core.plots import pyplot
+from fedsim.results import RunDir
 from adversary.dummy import Decoder, allowed_tokens
 from fedsim.report import markdown_table
 
@@ -73,7 +74,7 @@ def plot(m: dict, path: Path, title: str) -> None:
     for marker, text in (("o", "dummy at start"), ("x", "dummy at end"), ("*", "true token")):
         axes[0].scatter([], [], marker=marker, color="gray", label=text)
     axes[0].legend(fontsize=8)
-    save_figure(fig, path, private=True)  # shows the private tokens
+    RunDir(path.parent, "experiment").save_figure(path.name, fig, private=True)  # shows the private tokens
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
 
 from experiments import common
 from experiments.paper import paper_note
-from fedsim.core.plots import pyplot, save_figure
-from fedsim.core.io import write_private_text
+from fedsim.core.plots import pyplot
+from fedsim.results import RunDir
 from fedsim.report import markdown_table
 
 NAME = "fig5_tag_vs_dlg"
@@ -76,7 +76,7 @@ def plot(stats: list[dict], ratio: dict[str, float], path: Path) -> None:
     ax_r.set_xticks(list(xs), [common.LABELS[m] for m in common.METRICS])
     ax_r.set_ylabel("TAG / DLG")
     ax_r.set_title("ratio of means")
-    save_figure(fig, path)
+    RunDir(path.parent, "experiment").save_figure(path.name, fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "Paired differences TAG - DLG per sentence: " + "; ".join(diff) + ".",
                         paper_note("Fig. 5"), common.describe_run(args, f", model {model}")])
     plot(stats[:-1], ratio, args.out / f"{NAME}.png")
-    write_private_text(args.out / f"{NAME}_examples.md", [  # reconstructed text: 0600
+    RunDir(args.out, "experiment").write_text(f"{NAME}_examples.md", "\n".join([  # reconstructed text: 0600
         f"# Table III analogue: TAG and DLG reconstructions ({model}, {args.iterations} iterations)", "",
-        markdown_table(["example", "reference", "TAG", "TAG R-L", "DLG", "DLG R-L"], examples(rows))])
+        markdown_table(["example", "reference", "TAG", "TAG R-L", "DLG", "DLG R-L"], examples(rows))]) + "\n")
     return rows
 
 

@@ -34,7 +34,10 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
-from fedsim.core.plots import pyplot, save_figure
+from fedsim.settings import Settings
+from fedsim.sweep import sweep
+from fedsim.core.plots import pyplot
+from fedsim.results import RunDir
 from fedsim.core.io import read_jsonl
 
 NAME = "noise_sweep"
@@ -80,7 +83,7 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path) -> None:
     ax.set_title("convergence under noisy gradients")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    RunDir(path.parent, "experiment").save_figure(path.name, fig)
 
 
 def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None = None) -> list[dict]:
@@ -98,8 +101,6 @@ def main(argv: list[str] | None = None, federation: Callable[[Any], dict] | None
     p.add_argument("--init", default=None, help="default: normal:0.02; quick: uniform:0.1")
     p.add_argument("--target", type=float, default=0.2, help="leakage threshold on mean ROUGE-1 (default: 0.2)")
     args = common.setup(p.parse_args(argv))
-    from fedsim.sweep import sweep
-    from fedsim.settings import Settings
 
     sigmas = args.sigmas or ([0.0, 0.1] if args.quick else list(SIGMAS))
     default_model = "tiny" if args.quick else "tinybert4"

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments import common
+from fedsim.core.text import load_tokenizer
 from experiments.paper import paper_note
 from fedsim.core.errors import UsageError
 
@@ -39,7 +40,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = common.parser(__doc__, full=common.Scale(8, 300), quick=common.Scale(1, 10))
     p.add_argument("--second-vocab", default=str(common.CHINESE_VOCAB), help="the other vocab.txt (full runs)")
     args = common.setup(p.parse_args(argv))
-    from fedsim.core.text import load_tokenizer
 
     model = "tiny" if args.quick else "tinybert4"
     if args.quick:

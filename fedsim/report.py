@@ -1,9 +1,11 @@
-"""Render any results directory (`fedleak attack`, `simulate` or `sweep` output) as Markdown."""
+"""Render any results directory (`fedleak attack`, `simulate`, `sweep` or experiment output) as Markdown.
+
+The directory's kind is what its summary.json states (``fedsim.results.read_run``); directories from before runs
+stated their kind are recognised by their files, and the report says so.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from fedsim.core.errors import UsageError
-from fedsim.core.io import read_jsonl
+from fedsim.results import FILES, RunInfo, read_records, read_run, read_table
 
 LEAKAGE_METRICS = ("rouge1", "rouge2", "rougeL", "recover_rate")
 
@@ -37,21 +39,17 @@ def mean_std(values: Iterable[Any]) -> str:
 
 
 def render(directory: str | Path, examples: int = 3) -> str:
-    """Markdown for a results directory; the kind is recognised by the files it holds."""
+    """Markdown for a results directory, by the kind its summary.json states."""
     d = Path(directory)
     if not d.is_dir():
         raise UsageError(f"results directory {str(d)!r} does not exist")
-    if (d / "tradeoff.csv").is_file():
-        return _render_sweep(d)
-    if (d / "rounds.jsonl").is_file():
-        return _render_simulate(d, examples)
-    if (d / "results.jsonl").is_file():
-        return _render_attack(d, examples)
-    raise UsageError(f"{str(d)!r} holds no fedleak results: expected results.jsonl (attack), rounds.jsonl (simulate) or tradeoff.csv (sweep)")
+    run = read_run(d)
+    title, *body = RENDERERS[run.kind](d, run, examples)
+    return "\n".join([title, *(["", f"Note: {run.note}"] if run.note else []), *body]) + "\n"
 
 
-def _render_attack(d: Path, examples: int) -> str:
-    rows = read_jsonl(d / "results.jsonl")
+def _render_attack(d: Path, run: RunInfo, examples: int) -> list[str]:
+    rows = read_records(d, "results.jsonl")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r.get("method"), r.get("model"), r.get("init"), r.get("dataset"), r.get("batch_size"))].append(r)
@@ -61,7 +59,7 @@ def _render_attack(d: Path, examples: int) -> str:
               ("recover_rate", "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct", "seconds"))]
              for key, g in groups.items()]
     out = [f"# Attack results: {d}", "", "Mean ± std over attacked batches.", "", markdown_table(headers, table)]
-    return "\n".join(out + _examples(rows, examples)) + "\n"
+    return out + _examples(rows, examples)
 
 
 def _examples(rows: list[dict], n: int) -> list[str]:
@@ -76,9 +74,9 @@ def _as_list(v: Any) -> list[str]:
     return [str(x) for x in v] if isinstance(v, list) else ([] if v is None else [str(v)])
 
 
-def _render_simulate(d: Path, examples: int) -> str:
-    rounds = read_jsonl(d / "rounds.jsonl")
-    leaks = read_jsonl(d / "leakage.jsonl") if (d / "leakage.jsonl").is_file() else []
+def _render_simulate(d: Path, run: RunInfo, examples: int) -> list[str]:
+    rounds = read_records(d, "rounds.jsonl")
+    leaks = read_records(d, "leakage.jsonl")
     by_round: dict[int, list[dict]] = defaultdict(list)
     for r in leaks:
         by_round[r.get("round")].append(r)
@@ -93,21 +91,42 @@ def _render_simulate(d: Path, examples: int) -> str:
     errors = [x for x in leaks if x.get("error")]
     if errors:
         out += ["", f"{len(errors)} attack job(s) failed; first error: {errors[0]['error']}"]
-    if (d / "summary.json").is_file():
-        summary = json.loads((d / "summary.json").read_text())
-        flat = [(k, v) for k, v in summary.items() if not isinstance(v, (dict, list))]
+    if run.summary is not None:
+        flat = [(k, v) for k, v in run.summary.items() if not isinstance(v, (dict, list))]
         out += ["", "Summary:", "", markdown_table(["field", "value"], flat)]
-    return "\n".join(out + _examples([x for x in leaks if not x.get("error")], examples)) + "\n"
+    return out + _examples([x for x in leaks if not x.get("error")], examples)
 
 
-def _render_sweep(d: Path) -> str:
-    with open(d / "tradeoff.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _render_sweep(d: Path, run: RunInfo, examples: int) -> list[str]:
+    out = [f"# Defense sweep: {d}"]
+    summary = run.summary or {}
+    if summary.get("kind") == "sweep":
+        out += ["", f"Status {summary.get('status')}: {summary.get('rows')} of {summary.get('runs')} run(s) "
+                    f"finished; {summary.get('reused', 0)} of them kept from an earlier run (--resume)."]
+    if not (d / "tradeoff.csv").is_file():
+        return out + ["", "No run has finished yet (no tradeoff.csv)."]
+    rows = read_table(d, "tradeoff.csv")
     if not rows:
         raise UsageError(f"{d / 'tradeoff.csv'} is empty")
     headers = list(rows[0].keys())
     table = [[_num(r[h]) for h in headers] for r in rows]
-    return "\n".join([f"# Defense sweep: {d}", "", markdown_table(headers, table)]) + "\n"
+    return out + ["", markdown_table(headers, table)]
+
+
+def _render_experiment(d: Path, run: RunInfo, examples: int) -> list[str]:
+    """Each script's rows (and how many were kept from an earlier run), then its own Markdown table."""
+    scripts = (run.summary or {}).get("experiments") or {}
+    table = [[name, facts.get("status"), facts.get("rows"), facts.get("reused"),
+              ", ".join(f.name.format(name=name) for f in FILES["experiment"]
+                        if "{cell}" not in f.name and (d / f.name.format(name=name)).is_file())]
+             for name, facts in scripts.items()]
+    out = [f"# Experiments: {d}", "", markdown_table(["script", "status", "rows", "reused (--resume)", "files"], table)]
+    for name in scripts:
+        md = d / f"{name}.md"
+        if md.is_file():  # its own table and notes, one heading level down
+            out += ["", *("#" + line if line.startswith("#") else line
+                          for line in md.read_text(encoding="utf-8").rstrip("\n").splitlines())]
+    return out
 
 
 def _num(text: str) -> Any:
@@ -115,3 +134,7 @@ def _num(text: str) -> Any:
         return float(text)
     except (TypeError, ValueError):
         return text
+
+
+RENDERERS = {"attack": _render_attack, "simulate": _render_simulate, "sweep": _render_sweep,
+             "experiment": _render_experiment}

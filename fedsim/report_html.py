@@ -13,10 +13,8 @@ A run with thousands of attacked updates stays readable: every update gets a row
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import html
-import json
 import math
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -27,11 +25,11 @@ from scipy.optimize import linear_sum_assignment
 
 from fedsim.core.errors import UsageError
 from fedsim.core.io import read_jsonl, write_private_text
+from fedsim.results import RunDir, read_records, read_run, read_table
 from fedsim.settings import AttackJob, Settings, flag_of
 
 PAGE_SIZE = 50
 MAX_EXAMPLES = 200
-PLOTS = ("simulate.png", "tradeoff.png", "frontier.png")
 
 
 @dataclass
@@ -48,52 +46,33 @@ class RunView:
 
 
 def load_run(directory: str | Path) -> RunView:
-    """Read a run directory of any kind (its ``summary.json`` ``kind`` field, else the files it holds)."""
+    """Read a run directory of any kind (``fedsim.results.read_run``: its ``summary.json`` states the kind)."""
     d = Path(directory)
     if not d.is_dir():
         raise UsageError(f"results directory {str(d)!r} does not exist")
-    summary = _json(d / "summary.json")
-    kind = summary.get("kind") or _json(d / "sweep.json").get("kind") or _kind_from_files(d)
-    plots = [d / name for name in PLOTS if (d / name).is_file()]
-    if kind == "sweep":
-        table = _csv(d / "tradeoff.csv")
+    info = read_run(d)
+    summary = info.summary or {}
+    plots = sorted(p for p in d.glob("*.png") if p.is_file())
+    if info.kind == "sweep":
+        table = read_table(d, "tradeoff.csv") if (d / "tradeoff.csv").is_file() else []
         updates = []
         for row in table:
             run_dir = _run_dir(d, row.get("run_dir", ""))
-            for record in _jsonl(run_dir / "leakage.jsonl"):
+            for record in read_records(run_dir, "leakage.jsonl"):
                 updates.append({**record, "setting": f"{row.get('defense')} / {row.get('attack')}"})
-        return RunView("sweep", d, summary or _json(d / "sweep.json"), updates, table=table, plots=plots)
-    if kind == "simulate":
-        return RunView(kind, d, summary, _jsonl(d / "leakage.jsonl"), rounds=_jsonl(d / "rounds.jsonl"), plots=plots)
-    if kind == "attack":
-        return RunView(kind, d, summary, _jsonl(d / "results.jsonl"), plots=plots)
-    raise UsageError(f"{str(d)!r} holds no fedleak run: expected the output directory of fedleak attack, simulate "
-                     f"or sweep (summary.json with a kind, results.jsonl, rounds.jsonl or tradeoff.csv)")
-
-
-def _kind_from_files(d: Path) -> str:
-    for name, kind in (("tradeoff.csv", "sweep"), ("rounds.jsonl", "simulate"), ("results.jsonl", "attack")):
-        if (d / name).is_file():
-            return kind
-    return ""
+        return RunView("sweep", d, summary, updates, table=table, plots=plots)
+    if info.kind == "simulate":
+        return RunView("simulate", d, summary, read_records(d, "leakage.jsonl"), rounds=read_records(d, "rounds.jsonl"),
+                       plots=plots)
+    if info.kind == "attack":
+        return RunView("attack", d, summary, read_records(d, "results.jsonl"), plots=plots)
+    updates = [{**r, "batch": path.stem} for path in sorted((d / "raw").glob("*.jsonl")) for r in read_jsonl(path)]
+    return RunView("experiment", d, summary, updates, plots=plots)
 
 
 def _run_dir(sweep_dir: Path, run_dir: str) -> Path:
     path = Path(run_dir)
     return path if path.is_dir() else sweep_dir / path.name
-
-
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path) if path.is_file() else []
-
-
-def _csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 # --- text alignment ---------------------------------------------------------------------------------------------------
@@ -226,8 +205,11 @@ def reproduce_command(view: RunView) -> str:
         return "fedleak simulate" + _flags(Settings, {k.replace("-", "_"): v for k, v in s["settings"].items()})
     if view.kind == "attack":
         return "fedleak attack" + _flags(AttackJob, s)
-    if view.kind == "sweep" and s.get("command"):
-        return str(s["command"])
+    if view.kind == "sweep" and isinstance(s.get("settings"), dict):
+        shared = {k.replace("-", "_"): v for k, v in s["settings"].items()}
+        return ("fedleak sweep" + _flags(Settings, shared) + f" --out {_quote(str(view.directory))}"
+                + "".join(f" --defense {_quote(d)}" for d in s.get("defenses", []))
+                + "".join(f" --attack {_quote(a)}" for a in s.get("attacks", [])))
     return ""
 
 
@@ -289,13 +271,14 @@ def _updates(view: RunView, max_examples: int) -> str:
     order = sorted(range(len(view.updates)), key=lambda i: -_float(view.updates[i].get("rouge1")))
     with_text = set(order[:max_examples])
     extra = "setting" if view.kind == "sweep" else ("round" if view.kind == "simulate" else "batch")
-    head = (f"<th class='sort'>#</th><th>{extra}</th>" + ("<th>client</th>" if view.kind != "attack" else "")
+    clients = view.kind in ("simulate", "sweep")
+    head = (f"<th class='sort'>#</th><th>{extra}</th>" + ("<th>client</th>" if clients else "")
             + "<th>attack</th><th class='sort'>ROUGE-1</th><th class='sort'>ROUGE-2</th>"
               "<th>private text (marked: recovered) / reconstruction (marked: right)</th>")
     rows = []
     for i, u in enumerate(view.updates):
         cells = [_cell(i + 1), f"<td>{html.escape(str(u.get(extra, '')))}</td>"]
-        if view.kind != "attack":
+        if clients:
             cells.append(f"<td>{html.escape(str(u.get('client', '')))}</td>")
         cells += [f"<td>{html.escape(str(u.get('method', '')))}</td>", _cell(u.get("rouge1")), _cell(u.get("rouge2"))]
         cells.append(f"<td>{_texts(u) if i in with_text else _omitted()}</td>")
@@ -361,6 +344,8 @@ def _is_number(value: Any) -> bool:
 def write_report(directory: str | Path, out: str | Path | None = None, max_examples: int = MAX_EXAMPLES) -> Path:
     """Render ``DIR/report.html`` (or ``out``), mode 0600; returns its path."""
     view = load_run(directory)
-    path = Path(out) if out else view.directory / "report.html"
-    write_private_text(path, [render_html(view, max_examples)])
-    return path
+    page = render_html(view, max_examples)
+    if out:
+        write_private_text(out, [page])
+        return Path(out)
+    return RunDir(view.directory, view.kind).write_text("report.html", page + "\n")

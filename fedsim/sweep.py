@@ -1,23 +1,22 @@
 """`fedleak sweep`: one federation per (defense, attack) setting, and the leakage-accuracy trade-off they trace.
 
-Each run is an ordinary `simulate` run in its own sub-directory. ``tradeoff.csv`` is rewritten after every run, so
-an interrupted sweep keeps the rows it finished; ``tradeoff.png`` plots leakage against final accuracy (each point
-labelled with its setting and ε) next to the training-loss curves (convergence under perturbed gradients).
+Each run is an ordinary `simulate` run in its own sub-directory. ``tradeoff.csv`` and ``summary.json`` (kind
+``sweep``) are rewritten after every run, so an interrupted sweep keeps the rows it finished; ``tradeoff.png`` plots
+leakage against final accuracy (each point labelled with its setting and ε) next to the training-loss curves
+(convergence under perturbed gradients). Files: ``fedsim.results.FILES["sweep"]``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from defenses import format_defenses, parse_defenses, single_release_epsilon
-from fedsim.core.io import read_jsonl
 from fedsim.core.plots import pyplot
+from fedsim.results import Resume, RunDir, read_records
 from fedsim.settings import Settings
 
 COLUMNS = ("defense", "attack", "epsilon", "epsilon_single_release", "final_accuracy", "rouge1", "rouge2", "rougeL",
@@ -49,20 +48,36 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
             specs = [] if label == "none" else [label]
             settings_list.append((label, attack, dataclasses.replace(
                 base, defense=specs, attack=attack, out=str(out / run_label(label, attack)))))
+    files = RunDir(out, "sweep")
+    earlier = Resume.runs([s.out for _, _, s in settings_list], "federation run", enabled=resume)
     rows: list[dict] = []
-    for i, (label, attack, settings) in enumerate(settings_list, 1):
-        summary = finished_run(settings) if resume else None
-        echo(f"== sweep {i}/{len(settings_list)}: defense {label}, attack {attack} -> {settings.out}"
-             + (" (kept from the earlier run)" if summary is not None else ""))
-        if summary is None:
-            summary = run(settings)
-        single, _ = single_release_epsilon(list(parse_defenses(settings.defense)))
-        rows.append({"defense": label, "attack": attack, "epsilon": _eps(summary.get("epsilon")),
-                     "epsilon_single_release": single, "final_accuracy": summary.get("final_accuracy"),
-                     **{k: summary.get(k) for k in ("rouge1", "rouge2", "rougeL", "recover_rate")},
-                     "attacks_scored": (summary.get("attacks") or {}).get("scored", 0), "run_dir": settings.out})
-        write_tradeoff(out / "tradeoff.csv", rows)
-    plot_tradeoff(out / "tradeoff.png", rows)
+    facts = {"settings": {k: v for k, v in base.to_run_config().items() if k not in ("defense", "attack", "out")},
+             "defenses": list(dict.fromkeys(label for label, _, _ in settings_list)), "attacks": list(attacks),
+             "runs": len(settings_list), "run_dirs": [s.out for _, _, s in settings_list]}
+
+    def record(status: str) -> None:
+        files.write_summary({"status": status, **facts, "rows": len(rows), "reused": earlier.kept})
+
+    record("running")
+    try:
+        for i, (label, attack, settings) in enumerate(settings_list, 1):
+            summary = earlier.take(settings.to_run_config(), run_key(settings))
+            echo(f"== sweep {i}/{len(settings_list)}: defense {label}, attack {attack} -> {settings.out}"
+                 + (f" ({Resume.KEPT})" if summary is not None else ""))
+            if summary is None:
+                summary = run(settings)
+            single, _ = single_release_epsilon(list(parse_defenses(settings.defense)))
+            rows.append({"defense": label, "attack": attack, "epsilon": _eps(summary.get("epsilon")),
+                         "epsilon_single_release": single, "final_accuracy": summary.get("final_accuracy"),
+                         **{k: summary.get(k) for k in ("rouge1", "rouge2", "rougeL", "recover_rate")},
+                         "attacks_scored": (summary.get("attacks") or {}).get("scored", 0), "run_dir": settings.out})
+            files.write_csv("tradeoff.csv", rows, COLUMNS)
+            record("running")
+    except BaseException as exc:
+        record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    files.save_figure("tradeoff.png", plot_tradeoff(rows, earlier.kept), dpi=120)
+    record("completed")
     return rows
 
 
@@ -70,18 +85,9 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
 _EXECUTION_ONLY = ("out", "data-dir", "attack-backend", "attack-gpus", "attack-threads", "attack-timeout")
 
 
-def finished_run(settings: Settings) -> dict[str, Any] | None:
-    """The summary of a completed run of these settings in ``settings.out``, else None."""
-    path = Path(settings.out) / "summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    wanted = {k: v for k, v in settings.to_run_config().items() if k not in _EXECUTION_ONLY}
-    stored = summary.get("settings") or {}
-    if summary.get("status") != "completed" or any(stored.get(k) != v for k, v in wanted.items()):
-        return None
-    return summary
+def run_key(settings: Settings) -> list[str]:
+    """The settings a kept run must share with this one (``Resume`` matches completed runs on them)."""
+    return [k for k in settings.to_run_config() if k not in _EXECUTION_ONLY]
 
 
 def _eps(value: Any) -> float:
@@ -94,20 +100,13 @@ def _eps(value: Any) -> float:
         return math.inf
 
 
-def write_tradeoff(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-
-
 def _eps_text(eps: float) -> str:
     return "ε=∞" if math.isinf(eps) else f"ε={eps:.3g}"
 
 
-def plot_tradeoff(path: Path, rows: list[dict]) -> None:
-    """Left: leakage (ROUGE-1) vs final accuracy per setting. Right: training loss per round per setting."""
+def plot_tradeoff(rows: list[dict], reused: int = 0) -> Any:
+    """Left: leakage (ROUGE-1) vs final accuracy per setting. Right: training loss per round per setting.
+    The x label says how many runs were kept from an earlier run (--resume)."""
     plt = pyplot()
     fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(13, 5))
     attacks = sorted({r["attack"] for r in rows})
@@ -120,7 +119,7 @@ def plot_tradeoff(path: Path, rows: list[dict]) -> None:
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     for attack, m in markers.items():
         ax.scatter([], [], marker=m, color="gray", label=f"attack: {attack}")
-    ax.set_xlabel("final dev accuracy")
+    ax.set_xlabel(f"final dev accuracy\n(runs reused from an earlier run with --resume: {reused} of {len(rows)})")
     ax.set_ylabel("mean ROUGE-1 of reconstructions (leakage)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("leakage vs accuracy")
@@ -131,15 +130,12 @@ def plot_tradeoff(path: Path, rows: list[dict]) -> None:
         if r["defense"] in seen:
             continue
         seen.add(r["defense"])
-        rounds_file = Path(r["run_dir"]) / "rounds.jsonl"
-        if rounds_file.is_file():
-            rounds = [x for x in read_jsonl(rounds_file) if x.get("train_loss") is not None]
+        if (Path(r["run_dir"]) / "rounds.jsonl").is_file():
+            rounds = [x for x in read_records(r["run_dir"], "rounds.jsonl") if x.get("train_loss") is not None]
             ax_loss.plot([x["round"] for x in rounds], [x["train_loss"] for x in rounds], marker=".", label=r["defense"])
     ax_loss.set_xlabel("round")
     ax_loss.set_ylabel("mean client training loss")
     ax_loss.set_title("convergence under perturbed gradients")
     ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
