@@ -12,12 +12,16 @@ remove one unit (dp-accounting's default), where the unit is
   add in variance; pruning before the noise keeps the norm bound; everything after is post-processing.
 * noise with no clip before it: the gradient's norm is unbounded, so no noise level gives a finite epsilon: inf.
   Clipping or pruning alone is deterministic: inf as well.
+
+In a federation each client reports what it ran in a round as a :class:`Release` (numbers only, the same keys from
+every client); the server composes those per client with :class:`Accountant`, so it charges what actually ran.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -71,6 +75,47 @@ class Mechanism:
     @property
     def private(self) -> bool:
         return self.noise_multiplier > 0
+
+    def release(self, steps: int) -> "Release":
+        """This mechanism run ``steps`` times on the client's data (one round of one client)."""
+        return Release(self.noise_multiplier, self.sample_rate, steps, self.unit)
+
+
+# --- what a client reports it did: numbers only (a Flower MetricRecord), the same keys for every client ----------
+UNITS = ("none", "example", "update")  # the privacy-unit code is the index
+REPORT_KEYS = ("privacy-noise-multiplier", "privacy-sample-rate", "privacy-steps", "privacy-unit")
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a client did in one round, privacy-wise, as it reports it: the server accounts from this, so a client
+    that failed is not charged and one that ran no defense shows up as unprotected."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    unit: str  # one of UNITS
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier > 0 and self.unit != "none"
+
+    def to_metrics(self) -> dict[str, float | int]:
+        return {"privacy-noise-multiplier": float(self.noise_multiplier),
+                "privacy-sample-rate": float(self.sample_rate), "privacy-steps": int(self.steps),
+                "privacy-unit": UNITS.index(self.unit)}
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> "Release | None":
+        """The release a reply reports; None when the report is missing or malformed (the client is unprotected)."""
+        try:
+            z, q, steps, code = (metrics[k] for k in REPORT_KEYS)
+            z, q, steps, code = float(z), float(q), int(steps), int(code)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (z >= 0 and 0 <= q <= 1 and steps >= 0 and 0 <= code < len(UNITS)):  # NaN fails too
+            return None
+        return cls(z, q, steps, UNITS[code])
 
 
 def mechanism(specs: SpecsLike, batch_size: int = 1, shard_size: int | None = None) -> Mechanism:

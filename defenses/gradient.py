@@ -1,4 +1,8 @@
-"""The defended gradient step: what the attack CLI and the Flower client call instead of ``batch_gradients``."""
+"""The defended gradient step: what the attack CLI and the Flower client call instead of ``batch_gradients``.
+
+This is the only place defenses run in a federation: in every local SGD step, where DP-SGD sees per-example
+gradients (a Flower mod around the client would see only the finished update).
+"""
 
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ A job is attack-then-score: ``adversary.run_attack(method, observation)`` sees o
 GroundTruth arrives as a separate argument (the scoring channel) and is used only by ``adversary.metrics.score``
 after the attack has returned. A job that raises becomes a record with ``error``: the federation never stops for it.
 
-Both attackers share one interface: ``submit(job, observation, truth)`` (non-blocking for Ray), ``poll(timeout)``
-(the records finished so far, waiting at most ``timeout`` seconds), ``pending`` and ``drain(timeout, reason)``
-(wait for the rest, at most ``timeout`` seconds; what is still running then becomes an error record).
+Both attackers share one interface (:class:`Attacker`), which :class:`fedsim.strategies.CuriousServer` drives
+through the run: ``submit(job, observation, truth)`` (non-blocking for Ray), ``poll(timeout)`` (the records
+finished so far, waiting at most ``timeout`` seconds), ``pending``, ``drain(timeout, reason)`` (wait for the rest,
+at most ``timeout`` seconds; what is still running then becomes an error record; then close) and ``close()``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
 
-from adversary import run_attack
+from adversary import Budget, run_attack
 from adversary.metrics import score
 
 
@@ -33,13 +34,28 @@ class Job:
     seed: int
 
 
+class Attacker(Protocol):
+    """Where jobs run; the curious server submits each round, polls, and drains once at the end."""
+
+    def submit(self, job: Job, observation, truth) -> None: ...
+
+    def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]: ...
+
+    def drain(self, timeout: float = 0.0, reason: str = "cancelled") -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
 def run_job(job: Job, observation, truth) -> dict[str, Any]:
     """Attack one update, then score it against the ground truth. Never raises."""
     start = time.perf_counter()
     record: dict[str, Any] = {"round": job.round, "client": job.client, "method": job.method,
                               "reference": list(truth.texts) if truth is not None else None}
     try:
-        reconstruction = run_attack(job.method, observation, iterations=job.iterations, seed=job.seed)  # no truth here
+        reconstruction = run_attack(job.method, observation, Budget(job.iterations), seed=job.seed)  # no truth here
         record["reconstruction"] = list(reconstruction.texts)
         if truth is None:
             raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")
@@ -88,6 +104,9 @@ class InlineAttacker:
 
     def drain(self, timeout: float = 0.0, reason: str = "cancelled") -> list[dict]:
         return self.poll()
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
     @property
     def pending(self) -> int:
@@ -209,7 +228,7 @@ class RayAttacker:
             return error_record(job, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
-def make_attacker(backend: str, gpus: str = "auto", threads: int = 0):
+def make_attacker(backend: str, gpus: str = "auto", threads: int = 0) -> Attacker:
     if backend == "inline":
         return InlineAttacker(threads)
     return RayAttacker(num_gpus=resolve_gpus(gpus), num_cpus=0.0, threads=threads)

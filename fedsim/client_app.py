@@ -3,10 +3,12 @@
 Reply layout (one RecordDict):
 
 * ``arrays``  (ArrayRecord): the locally trained weights, what any FedAvg client sends;
-* ``metrics`` (MetricRecord): ``num-examples``, ``train-loss`` and ``client`` (the partition id);
+* ``metrics`` (MetricRecord): ``num-examples``, ``train-loss``, ``client`` (the partition id) and what the client's
+  defense was, privacy-wise (``defenses.REPORT_KEYS``: noise multiplier, sample rate, steps, unit code; the same
+  keys from every client, defended or not), which the server's accounting charges it for;
 * ``truth``   (ConfigRecord, only when the server asks for it with ``report-truth``): the indices of the examples
   used. This is the simulator's scoring channel, not part of the protocol: the curious server's attack never
-  reads it (see :class:`fedsim.strategy.CuriousServer`), only the scoring step does.
+  reads it (see :class:`fedsim.strategies.CuriousServer`), only the scoring step does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """FedSGD: one step on one batch of B. FedAvg: E steps on E fresh batches. Both plain SGD at ``lr``."""
+    """FedSGD: one step on one batch of B. FedAvg: E steps on E fresh batches. Both plain SGD at ``lr``, the
+    defense applied in every step."""
     cfg = msg.content["config"]
     client = int(context.node_config["partition-id"])
     num_clients = int(context.node_config["num-partitions"])
@@ -39,12 +42,15 @@ def train(msg: Message, context: Context) -> Message:
     batches = [task.batch_of(data, used[i * batch_size:(i + 1) * batch_size], str(cfg["vocab"]), int(cfg["max-length"]))
                for i in range(steps)]
 
+    gradient_fn, mechanism = task.client_defense(str(cfg["defense"]), batch_size, len(shard))
+
     model = task.model_with(str(cfg["model"]), data.num_labels, str(cfg["vocab"]), msg.content["arrays"].to_torch_state_dict())
-    loss = task.local_train(model, batches, float(cfg["lr"]), task.make_gradient_fn(str(cfg["defense"])))
+    loss = task.local_train(model, batches, float(cfg["lr"]), gradient_fn)
 
     content = RecordDict({
         "arrays": ArrayRecord(task.state_of(model)),
-        "metrics": MetricRecord({"num-examples": len(used), "train-loss": loss, "client": client}),
+        "metrics": MetricRecord({"num-examples": len(used), "train-loss": loss, "client": client,
+                                 **mechanism.release(steps).to_metrics()}),
     })
     if cfg.get("report-truth", False):
         content["truth"] = ConfigRecord({"indices": used})  # scoring channel only

@@ -1,28 +1,33 @@
 """The ServerApp: FedAvg with server-side evaluation on the dev split; with an attack on, a curious server.
 
 ``app`` is what ``flwr run .`` loads (settings from ``[tool.flwr.app.config]`` / ``--run-config``);
-``make_server_app(settings, recorder)`` is what ``fedleak simulate`` runs in-process. Both call ``run_server``.
+``make_server_app(settings, recorder)`` is what ``fedleak simulate`` runs in-process. Both call ``run_server``,
+which stacks the strategy wrappers (``fedsim.strategies``) and starts the top one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Result, Strategy
 
 from adversary.case import GroundTruth
-from defenses import ClientPrivacy, single_release_epsilon
+from defenses import DEFAULT_DELTA, mechanism, single_release_epsilon
 from fedsim import task
-from fedsim.attack_actor import make_attacker
+from fedsim.attack_actor import Attacker, make_attacker
 from fedsim.core.seeds import seed_everything
-from fedsim.results import Recorder
-from fedsim.strategy import AttackPlan, CuriousServer, FedAvgWithLog
-from fedsim.settings import Settings
 from fedsim.core.text import load_tokenizer
+from fedsim.results import Recorder
+from fedsim.settings import Settings
+from fedsim.strategies import (AttackPlan, CuriousServer, FedAvgWithLog, PrivacyAccounting, RunInterrupted,
+                               layer)
+
+__all__ = ["RunInterrupted", "StoppableGrid", "app", "build_strategy", "make_server_app", "run_server"]
 
 app = ServerApp()
 
@@ -45,10 +50,6 @@ def make_server_app(settings: Settings, recorder: Recorder | None = None,
         run_server(StoppableGrid(grid, stop) if stop is not None else grid, settings, recorder, stop)
 
     return server
-
-
-class RunInterrupted(Exception):
-    """The user stopped the run; what was recorded so far stays on disk."""
 
 
 class StoppableGrid:
@@ -79,93 +80,19 @@ class StoppableGrid:
         return replies
 
 
-def build_strategy(s: Settings, train_split: task.TaskData, attacker) -> tuple[FedAvgWithLog, object]:
-    """FedAvg, wrapped by the curious server when an attacker is given. Returns (base, outermost)."""
-    base = FedAvgWithLog(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
-                         min_available_nodes=s.clients)
-    if attacker is None:
-        return base, base
-    tokenizer = load_tokenizer(s.vocab)
-    plan = AttackPlan(
-        method=s.attack, iterations=s.attack_iterations, seed=s.seed, gradient_scale=s.gradient_scale,
-        local_steps=s.local_steps if s.mode == "fedavg" else 1,
-        examples_per_update=s.examples_per_update, tokenizer=tokenizer, num_labels=train_split.num_labels,
-        model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
-        truth=partial(ground_truth, train_split, s.vocab, s.max_length),
-        clients_per_round=s.attack_clients_count())
-    return base, CuriousServer(base, attacker, plan)
-
-
-def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indices: list[int]):
-    """Scoring channel: the examples a client reported, as the model saw them. Never part of an Observation."""
-    texts, ids, labels = task.reference_texts(train_split, indices, vocab, max_length)
-    return GroundTruth(texts=texts, token_ids=ids, labels=labels)
-
-
-class RoundPrivacy:
-    """Each client's (epsilon, delta) under its defense, composed over the rounds; the round reports the largest.
-
-    Every client is counted in every round (fraction_train = 1): a client that failed a round is still charged,
-    which can only overstate epsilon. FedSGD applies the defense once per round, FedAvg once per local step.
-    """
-
-    def __init__(self, s: Settings) -> None:
-        shards = [len(task.client_shard(s.dataset, s.data_dir, s.partition, s.clients, c, s.seed))
-                  for c in range(s.clients)]
-        self.clients = [ClientPrivacy(s.defense, s.batch_size, n) for n in shards]
-        self.steps = s.local_steps if s.mode == "fedavg" else 1
-        self.single_release = single_release_epsilon(s.defense)[0]
-
-    def after_round(self) -> float:
-        return max(c.record(self.steps) for c in self.clients)
-
-    def describe(self) -> dict:
-        first = self.clients[0]
-        return {"delta": first.delta, "epsilon_explanation": first.explanation,
-                "epsilon_single_release": self.single_release}
-
-
-def make_privacy(s: Settings) -> RoundPrivacy | None:
-    """Accounting only when a defense is on: without one there is no guarantee to report (epsilon stays null)."""
-    return RoundPrivacy(s) if s.defense else None
-
-
 def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
                stop: threading.Event | None = None) -> Result | None:
     """One federation: R rounds of FedAvg, the global model evaluated on dev after each, leakage on the side."""
     seed_everything(s.seed)
     recorder = recorder or Recorder(s)
     train_split = task.load_split(s.dataset, "train", s.data_dir, s.seed)
-    dev_split = task.load_split(s.dataset, "dev", s.data_dir, s.seed)
-    model = task.initial_model(s, train_split.num_labels)
-
-    attacker = None
-    if s.attack != "none":
-        attacker = make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
-    base, strategy = build_strategy(s, train_split, attacker)
-    privacy = make_privacy(s)
-    if privacy is not None:
-        recorder.extra.update(privacy.describe())
-    clock = {"last": time.perf_counter()}
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        net = task.model_with(s.model, train_split.num_labels, s.vocab, arrays.to_torch_state_dict())
-        accuracy, loss = task.evaluate_model(net, dev_split, s.vocab, s.max_length, s.eval_examples)
-        if attacker is not None:
-            recorder.leakage(attacker.poll())  # whatever finished meanwhile; never waits
-        now = time.perf_counter()
-        log = base.rounds.get(server_round, {})
-        recorder.round(server_round, train_loss=log.get("metrics", {}).get("train-loss"), eval_accuracy=accuracy,
-                       eval_loss=loss, seconds=now - clock["last"], failed=log.get("failed", []),
-                       epsilon=privacy.after_round() if privacy is not None and server_round > 0 else None,
-                       attacks_submitted=getattr(strategy, "submitted", 0))
-        clock["last"] = now
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
-
+    initial = ArrayRecord(task.state_of(task.initial_model(s, train_split.num_labels)))
+    strategy = build_strategy(s, train_split, recorder, stop=stop)
     status = "interrupted"
     try:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(task.state_of(model)), num_rounds=s.rounds,
-                                train_config=ConfigRecord(s.client_config()), evaluate_fn=evaluate_fn)
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=s.rounds,
+                                train_config=ConfigRecord(s.client_config()),
+                                evaluate_fn=round_reporter(s, train_split.num_labels, strategy, recorder))
         status = "completed"
         return result
     except RunInterrupted:
@@ -174,25 +101,71 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
         status = "failed"
         raise
     finally:
-        if attacker is not None:
-            if status == "completed":
-                collect_outstanding(attacker, recorder, s.attack_timeout, stop)
-            reason = (f"not finished within --attack-timeout {s.attack_timeout:g} s after the last round"
-                      if status == "completed" else f"cancelled: the run was {status}")
-            recorder.leakage(attacker.drain(0.0, reason))  # anything still running is recorded, not lost
         recorder.finish(status)
 
 
-def collect_outstanding(attacker, recorder: Recorder, timeout: float, stop: threading.Event | None) -> None:
-    """After the last round: record attack results as they finish, for at most ``timeout`` seconds."""
-    if not attacker.pending:
-        return
-    total = attacker.pending
-    recorder.note(f"training done; waiting for {total} attack job(s) (at most {timeout:g} s) ...")
-    deadline = time.perf_counter() + timeout
-    while attacker.pending and time.perf_counter() < deadline and not (stop is not None and stop.is_set()):
-        for record in attacker.poll(timeout=min(1.0, max(0.0, deadline - time.perf_counter()))):
-            recorder.leakage([record])
-            recorder.note(f"  attack on round {record['round']}, client {record['client']}: " + (
-                f"error {record['error']}" if "error" in record else f"ROUGE-1 {record['rouge1']:.2f}"
-                f" in {record['seconds']:.0f} s  ({total - attacker.pending}/{total})"))
+def build_strategy(s: Settings, train_split: task.TaskData, recorder: Recorder, *,
+                   attacker: Attacker | None = None, stop: threading.Event | None = None) -> Strategy:
+    """The stack, inside out: FedAvg; privacy accounting when a defense is on; the curious server when an attack
+    is on. The curious server is outermost, so it takes the scoring channel out of each reply before any other
+    layer reads it. ``attacker``: where jobs run (default: the one the settings name)."""
+    strategy: Strategy = FedAvgWithLog(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
+                                       min_available_nodes=s.clients)
+    if s.defense:  # without a defense there is no guarantee to report: epsilon stays null
+        strategy = PrivacyAccounting(strategy, delta=DEFAULT_DELTA)
+        recorder.extra.update(privacy_facts(s))
+    if s.attack != "none":
+        attacker = attacker or make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
+        strategy = CuriousServer(strategy, attacker, attack_plan(s, train_split), on_records=recorder.leakage,
+                                 note=recorder.note, timeout=s.attack_timeout, stop=stop)
+    return strategy
+
+
+def attack_plan(s: Settings, train_split: task.TaskData) -> AttackPlan:
+    return AttackPlan(
+        method=s.attack, iterations=s.attack_iterations, seed=s.seed, gradient_scale=s.gradient_scale,
+        local_steps=s.local_steps if s.mode == "fedavg" else 1,
+        examples_per_update=s.examples_per_update, tokenizer=load_tokenizer(s.vocab),
+        num_labels=train_split.num_labels, model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
+        truth=partial(ground_truth, train_split, s.vocab, s.max_length),
+        clients_per_round=s.attack_clients_count())
+
+
+def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indices: list[int]) -> GroundTruth:
+    """Scoring channel: the examples a client reported, as the model saw them. Never part of an Observation."""
+    texts, ids, labels = task.reference_texts(train_split, indices, vocab, max_length)
+    return GroundTruth(texts=texts, token_ids=ids, labels=labels)
+
+
+def privacy_facts(s: Settings) -> dict:
+    """What summary.json says about the defense besides each round's epsilon (which the clients' reports give):
+    delta, the configured mechanism in words (with client 0's shard size) and the seed paper's single-release bound."""
+    shard = task.client_shard(s.dataset, s.data_dir, s.partition, s.clients, 0, s.seed)
+    return {"delta": DEFAULT_DELTA, "epsilon_explanation": mechanism(s.defense, s.batch_size, len(shard)).explanation,
+            "epsilon_single_release": single_release_epsilon(s.defense)[0]}
+
+
+def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: Recorder
+                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """The evaluate_fn: the global model on dev after each round, and the round's line from what the layers logged."""
+    dev_split = task.load_split(s.dataset, "dev", s.data_dir, s.seed)
+    base, privacy, curious = (layer(strategy, kind) for kind in (FedAvgWithLog, PrivacyAccounting, CuriousServer))
+    clock = {"last": time.perf_counter()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        net = task.model_with(s.model, num_labels, s.vocab, arrays.to_torch_state_dict())
+        accuracy, loss = task.evaluate_model(net, dev_split, s.vocab, s.max_length, s.eval_examples)
+        now = time.perf_counter()
+        log = base.rounds.get(server_round, {})
+        unprotected = privacy.rounds.get(server_round, {}).get("unprotected") if privacy is not None else None
+        if unprotected:
+            recorder.extra["unprotected_clients"] = sorted(privacy.unprotected)
+        recorder.round(server_round, train_loss=log.get("metrics", {}).get("train-loss"), eval_accuracy=accuracy,
+                       eval_loss=loss, seconds=now - clock["last"], failed=log.get("failed", []),
+                       epsilon=privacy.epsilon(server_round) if privacy is not None else None,
+                       attacks_submitted=curious.submitted if curious is not None else 0,
+                       unprotected=unprotected)
+        clock["last"] = now
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    return evaluate_fn

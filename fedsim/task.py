@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from defenses import build_gradient_fn
+from defenses import Mechanism, build_gradient_fn, mechanism
 from fedsim.core import seeds
 from fedsim.core.data import TaskData, load_task, partition
 from fedsim.core.models import build_model
 from fedsim.core.text import decode, load_tokenizer, make_batch
-from fedsim.core.train import Batch, GradientFn, batch_gradients, batch_loss, evaluate, sgd_step
+from fedsim.core.train import Batch, GradientFn, batch_loss, evaluate, sgd_step
 from fedsim.settings import Settings, defense_list
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -74,12 +74,12 @@ def state_of(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 # --- training and evaluation ------------------------------------------------------------------------------------
-def make_gradient_fn(defense: list[str] | str = "") -> GradientFn:
-    """The client's gradient: the hook where client-side defenses plug in. Default: plain FedSGD."""
+def client_defense(defense: str | list[str], batch_size: int, shard_size: int) -> tuple[GradientFn, Mechanism]:
+    """The one place a client's defense is built: the gradient step it trains with (defenses run inside every SGD
+    step: DP-SGD needs the per-example gradients there) and the mechanism that step is, which the client reports so
+    the server charges it for what it ran. No defense: plain ``batch_gradients``, mechanism ``none``."""
     specs = defense_list(defense)
-    if not specs:
-        return batch_gradients
-    return build_gradient_fn(specs)
+    return build_gradient_fn(specs), mechanism(specs, batch_size, shard_size)
 
 
 def local_train(model: PreTrainedModel, batches: list[Batch], lr: float, gradient_fn: GradientFn) -> float:

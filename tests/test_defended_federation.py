@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import dp_accounting
 import pytest
+from dp_accounting import rdp
+from flwr.app import Error, Message, Metadata, MetricRecord, RecordDict
 from test_federation import _one_thread, _task_identity, read, run_local, small  # noqa: F401  (fixtures too)
 
-from defenses import compute_epsilon
+from defenses import Release, compute_epsilon
 from fedsim import task
 from fedsim.settings import Settings
 from fedsim.cli import main
+from fedsim.strategies import PrivacyAccounting
 from fedsim.sweep import sweep
 
 
@@ -27,6 +31,60 @@ def test_dp_sgd_run_reports_growing_epsilon_matching_dp_accounting(tmp_path):
     assert eps[-1] == pytest.approx(expected, rel=1e-9)  # the largest epsilon: the client with the smallest shard
     assert recorder.summary["epsilon"] == eps[-1] and "example" in recorder.summary["epsilon_explanation"]
     assert any("ε" in line for line in lines)
+
+
+# --- the accounting wrapper, on hand-made replies ----------------------------------------------------------------
+def _reply(client: int, release: Release | None = None, failed: bool = False) -> Message:
+    metadata = Metadata(run_id=1, message_id=f"m{client}", src_node_id=1000 + client, dst_node_id=0,
+                        reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=3600, message_type="train")
+    if failed:
+        return Message(error=Error(code=1, reason="disk full"), metadata=metadata)
+    metrics = {"num-examples": 1, "train-loss": 1.0, "client": client, **(release.to_metrics() if release else {})}
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), metadata=metadata)
+
+
+class _Inner:
+    """The wrapped strategy: records what reached it."""
+
+    def __init__(self) -> None:
+        self.got: list[list[Message]] = []
+
+    def aggregate_train(self, server_round, replies):
+        self.got.append(list(replies))
+        return None, None
+
+
+def _rdp_epsilon(sigma: float, q: float, steps: int, delta: float = 1e-5) -> float:
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return accountant.get_epsilon(delta)
+
+
+def test_privacy_accounting_charges_what_each_client_reports_it_ran():
+    inner = _Inner()
+    accounting = PrivacyAccounting(inner)
+    dp = lambda q: Release(1.0, q, 2, "example")  # noqa: E731 - two DP-SGD steps at rate q
+    rounds = [
+        [_reply(0, dp(0.01)), _reply(1, dp(0.05))],
+        [_reply(0, dp(0.01)), _reply(1, failed=True)],  # client 1 fails: released nothing, not charged
+        [_reply(0, dp(0.01)), _reply(1, dp(0.05)), _reply(2, Release(0.0, 1.0, 1, "none")), _reply(3)],
+    ]
+    for r, replies in enumerate(rounds, start=1):
+        assert accounting.aggregate_train(r, replies) == (None, None)
+        assert inner.got[-1] == replies  # aggregation is the wrapped strategy's, on every reply
+
+    first, second, third = (accounting.rounds[r] for r in (1, 2, 3))
+    assert first["clients"][0] == pytest.approx(_rdp_epsilon(1.0, 0.01, 2), rel=1e-9)
+    assert first["clients"][1] == pytest.approx(_rdp_epsilon(1.0, 0.05, 2), rel=1e-9)
+    assert first["epsilon"] == max(first["clients"].values()) and first["unprotected"] == []
+    assert second["charged"] == [0] and second["clients"][1] == first["clients"][1]
+    assert second["clients"][0] == pytest.approx(_rdp_epsilon(1.0, 0.01, 4), rel=1e-9)
+    assert second["epsilon"] == max(second["clients"][0], first["clients"][1])  # the largest so far
+    # client 2 ran a defense with no guarantee, client 3 reported none: both unprotected, named, epsilon inf
+    assert third["unprotected"] == [2, 3] and accounting.unprotected == {2, 3}
+    assert math.isinf(third["clients"][2]) and math.isinf(third["clients"][3]) and math.isinf(third["epsilon"])
+    assert third["clients"][1] == pytest.approx(_rdp_epsilon(1.0, 0.05, 4), rel=1e-9)
+    assert accounting.epsilon(0) is None and accounting.epsilon(3) == third["epsilon"]
 
 
 def test_noise_without_clipping_has_no_finite_epsilon(tmp_path):

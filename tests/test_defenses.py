@@ -1,17 +1,16 @@
-"""Defenses: spec parsing, the transforms, DP-SGD against a slow loop, the accounting against dp-accounting, the mod."""
+"""Defenses: spec parsing, the transforms, DP-SGD against a slow loop, the accounting against dp-accounting, the
+client's privacy report."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import dp_accounting
-import numpy as np
 import pytest
 import torch
 from dp_accounting import pld, rdp
 
-from defenses import (Accountant, ClientPrivacy, DefenseMod, add_noise, build_gradient_fn, clip_update,
+from defenses import (REPORT_KEYS, Accountant, ClientPrivacy, Release, add_noise, build_gradient_fn, clip_update,
                       compute_epsilon, defend_update, format_defenses, global_norm, mechanism, parse_defenses,
                       per_example_gradients, prune_update, single_release_epsilon)
 from defenses.specs import Clip, DpSgd, Noise, Prune
@@ -66,13 +65,11 @@ def test_malformed_specs_raise_one_line_naming_the_value(spec, named):
 
 def test_malformed_spec_is_rejected_by_every_entry_point():
     for call in (lambda: build_gradient_fn(["zap:x=1"]), lambda: defend_update(["noise:sigma=-1"], _update()),
-                 lambda: DefenseMod(["prune:p=2"]), lambda: compute_epsilon(["noise"], 1, 1, 1)):
+                 lambda: mechanism(["prune:p=2"]), lambda: compute_epsilon(["noise"], 1, 1, 1)):
         with pytest.raises(UsageError):
             call()
     with pytest.raises(UsageError, match="per-example"):
         defend_update(["dp:sigma=1,c=1"], _update())
-    with pytest.raises(UsageError, match="per-example"):
-        DefenseMod(["dp:sigma=1,c=1"])
 
 
 # ---- transforms --------------------------------------------------------------------------------------------------
@@ -217,46 +214,19 @@ def test_no_finite_epsilon_without_bounded_noise(specs, why):
     assert math.isinf(privacy.record(1)) and why in privacy.explanation
 
 
-# ---- the Flower mod ----------------------------------------------------------------------------------------------
+# ---- what a client reports ----------------------------------------------------------------------------------
 
-def _train_message(arrays: dict[str, np.ndarray], message_type: str = "train", server_round: int = 1):
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, RecordDict
-    metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=9, reply_to_message_id="", group_id="1",
-                        created_at=time.time(), ttl=3600, message_type=message_type)
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                          "config": ConfigRecord({"server-round": server_round})})
-    return Message(content, metadata=metadata)
-
-
-def _client(delta: dict[str, np.ndarray]):
-    """A client function that adds ``delta`` to the weights it receives."""
-    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-
-    def train(msg, context):
-        received = msg.content["arrays"]
-        arrays = {k: Array(a.numpy() + delta[k]) if k in delta else a for k, a in received.items()}
-        return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 4})}),
-                       reply_to=msg)
-    return train
-
-
-def test_mod_defends_the_update_relative_to_the_sent_arrays():
-    from flwr.app import Context, RecordDict
-    context = Context(run_id=1, node_id=9, node_config={"partition-id": 3}, state=RecordDict(), run_config={})
-    weights = {"w": np.ones((50, 4), np.float32), "ids": np.arange(5)}
-    delta = {"w": np.full((50, 4), -0.5, np.float32)}  # norm 0.5 * sqrt(200) ~ 7.07
-    out = DefenseMod(["clip:c=1"])(_train_message(weights), context, _client(delta))
-    new = out.content["arrays"]
-    assert np.linalg.norm(new["w"].numpy() - weights["w"]) == pytest.approx(1.0, rel=1e-5)
-    assert np.array_equal(new["ids"].numpy(), weights["ids"])
-    # gradient units: lr = 0.5 makes the update a gradient of 1 per entry (norm sqrt(200)), clipped to 1 then * lr
-    out = DefenseMod(["clip:c=1"], lr=0.5)(_train_message(weights), context, _client(delta))
-    assert np.linalg.norm(out.content["arrays"]["w"].numpy() - weights["w"]) == pytest.approx(0.5, rel=1e-5)
-    # seeded noise: same (seed, partition, round) gives the same reply; another round differs
-    noisy = [DefenseMod(["noise:sigma=0.1"], seed=5)(_train_message(weights, server_round=r), context,
-                                                    _client(delta)).content["arrays"]["w"].numpy() for r in (1, 1, 2)]
-    assert np.array_equal(noisy[0], noisy[1]) and not np.array_equal(noisy[0], noisy[2])
-    assert np.std(noisy[0] - weights["w"] - delta["w"]) == pytest.approx(0.1, rel=0.15)
-    # evaluate messages pass untouched
-    out = DefenseMod(["noise:sigma=10"])(_train_message(weights, "evaluate"), context, _client(delta))
-    assert np.array_equal(out.content["arrays"]["w"].numpy(), weights["w"] + delta["w"])
+def test_a_release_travels_as_numbers_and_back():
+    dp = mechanism(["dp:sigma=1.5,c=1"], batch_size=4, shard_size=100).release(3)
+    metrics = dp.to_metrics()
+    assert tuple(metrics) == REPORT_KEYS and all(isinstance(v, (int, float)) for v in metrics.values())
+    assert Release.from_metrics(metrics) == dp == Release(1.5, 0.04, 3, "example") and dp.private
+    update = mechanism(["clip:c=2", "noise:sigma=1"]).release(1)
+    assert Release.from_metrics(update.to_metrics()) == Release(0.5, 1.0, 1, "update")
+    nothing = mechanism([]).release(2)
+    assert Release.from_metrics(nothing.to_metrics()) == nothing and not nothing.private
+    assert not mechanism(["noise:sigma=1"]).release(1).private  # noise with no clip: no guarantee
+    # no report, or a malformed one, reads as no report (the server then counts the client as unprotected)
+    for bad in ({}, {**metrics, "privacy-unit": 7}, {**metrics, "privacy-sample-rate": float("nan")},
+                {k: v for k, v in metrics.items() if k != "privacy-steps"}, {**metrics, "privacy-steps": -1}):
+        assert Release.from_metrics(bad) is None

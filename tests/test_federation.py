@@ -10,6 +10,7 @@ import dataclasses
 
 import json
 import stat
+import time
 import traceback
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.serverapp import Grid
 
 from fedsim import task
+from fedsim.attack_actor import error_record
 from fedsim.client_app import app as client_app
-from fedsim.strategy import FedAvgWithLog
+from fedsim.strategies import CuriousServer, FedAvgWithLog, RunInterrupted
 from fedsim.settings import Settings
 from fedsim.core.text import load_tokenizer
 from fedsim.core.train import batch_gradients
@@ -135,6 +137,9 @@ class Capture:
     def drain(self, timeout=0.0, reason=""):
         return []
 
+    def close(self) -> None:
+        pass
+
     pending = 0
 
 
@@ -149,10 +154,12 @@ class _Nodes:
 
 
 def curious(settings: Settings, attacker, train):
+    from fedsim.results import Recorder
     from fedsim.server_app import build_strategy
+    from fedsim.strategies import layer
 
-    base, strategy = build_strategy(settings, train, attacker)
-    return base, strategy
+    strategy = build_strategy(settings, train, Recorder(settings, echo=lambda _: None), attacker=attacker)
+    return layer(strategy, FedAvgWithLog), strategy
 
 
 @pytest.mark.parametrize("mode,steps", [("fedsgd", 1), ("fedavg", 2)])
@@ -209,6 +216,7 @@ def test_strategy_sees_every_update_and_derives_the_clients_gradient(tmp_path, m
 def test_span_recovers_the_sentence_exactly_from_an_update_the_server_derived_from_rounded_weights(tmp_path):
     """FedSGD clients send float32 weights; (w_global - w_client) / lr carries their rounding (~ulp(w) / lr per
     coordinate), far above the gradient's own precision. With the bound the server publishes, span stays exact."""
+    from adversary.options import Budget
     from adversary.registry import get_attack
 
     # tinybert4 (hidden 312): on the 32-wide tiny model the weakest directions of a 24-token gradient sit below
@@ -223,9 +231,10 @@ def test_span_recovers_the_sentence_exactly_from_an_update_the_server_derived_fr
         strategy.configure_train(1, arrays, ConfigRecord(s.client_config()), _Nodes(list(grid.nodes)))))
     assert len(attacker.jobs) == 2
     for _, observation, truth in attacker.jobs:
-        exact = get_attack("span")(observation, seed=0)
+        exact = get_attack("span")(observation, Budget(s.attack_iterations), seed=0)
         assert exact.info["span_check_passed"] and exact.texts == truth.texts
-        blind = get_attack("span")(dataclasses.replace(observation, gradient_error=None), seed=0)
+        blind = get_attack("span")(dataclasses.replace(observation, gradient_error=None), Budget(s.attack_iterations),
+                                   seed=0)
         assert not blind.info["span_check_passed"]  # without the bound, rounding reads as noise
 
 
@@ -249,6 +258,93 @@ def test_attack_clients_k_attacks_k_clients_per_round_chosen_by_the_seed(tmp_pat
 def _copy(msg: Message, drop_truth: bool) -> Message:
     content = RecordDict({k: v for k, v in msg.content.items() if not (drop_truth and k == "truth")})
     return Message(content=content, metadata=msg.metadata)
+
+
+class Background:
+    """A fake attacker that, like the Ray one, runs jobs in the background: nothing finishes during the rounds;
+    after the last round, client 0's jobs finish on the first wait and client 1's never do."""
+
+    def __init__(self) -> None:
+        self.running: list = []
+        self.reasons: list[str] = []
+
+    def submit(self, job, observation, truth) -> None:
+        self.running.append(job)
+
+    @property
+    def pending(self) -> int:
+        return len(self.running)
+
+    def poll(self, timeout=0.0):
+        if timeout <= 0:
+            return []
+        time.sleep(timeout)
+        done = [j for j in self.running if j.client == 0]
+        self.running = [j for j in self.running if j.client != 0]
+        return [{"round": j.round, "client": j.client, "method": j.method, "rouge1": 1.0, "seconds": 0.0} for j in done]
+
+    def drain(self, timeout=0.0, reason=""):
+        self.reasons.append(reason)
+        records, self.running = [error_record(j, reason) for j in self.running], []
+        return records
+
+    def close(self) -> None:
+        pass
+
+
+def _curious_run(tmp_path, grid, rounds: int, timeout: float = 0.3):
+    from fedsim.server_app import attack_plan
+
+    s = small(tmp_path, attack_timeout=timeout, rounds=rounds)
+    train = task.load_split("pii", "train", "", s.seed)
+    attacker, lines = Background(), []
+    strategy = CuriousServer(FedAvgWithLog(min_train_nodes=2, min_available_nodes=2), attacker,
+                             attack_plan(s, train), note=lines.append, timeout=timeout)
+    arrays = ArrayRecord(task.state_of(task.initial_model(s, train.num_labels)))
+    run = lambda: strategy.start(grid=grid, initial_arrays=arrays, num_rounds=rounds,  # noqa: E731
+                                 train_config=ConfigRecord(s.client_config()))
+    return strategy, attacker, lines, run
+
+
+def test_curious_server_drains_its_attacker_after_the_last_round(tmp_path):
+    strategy, attacker, lines, run = _curious_run(tmp_path, LocalGrid(2), rounds=1, timeout=0.3)
+    start = time.perf_counter()
+    run()
+    waited = time.perf_counter() - start
+    records = {(r["round"], r["client"]): r for r in strategy.records}
+    assert set(records) == {(1, 0), (1, 1)} and attacker.pending == 0
+    assert "error" not in records[(1, 0)]  # finished while the server waited
+    assert records[(1, 1)]["error"] == "not finished within --attack-timeout 0.3 s after the last round"
+    assert attacker.reasons == [records[(1, 1)]["error"]]  # drained once, at the end
+    assert any("waiting for 2 attack job(s)" in line for line in lines) and any("(1/2)" in line for line in lines)
+    assert waited >= 0.3
+
+
+class FailingGrid(LocalGrid):
+    """Round 1 goes through; round 2 raises ``error`` while the server waits for replies."""
+
+    def __init__(self, num_clients: int, error: BaseException) -> None:
+        super().__init__(num_clients)
+        self.error, self.calls = error, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages:
+            self.calls += 1
+            if self.calls == 2:
+                raise self.error
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError("link down"), "failed"),
+                                          (RunInterrupted("stopped by the user"), "interrupted")])
+def test_curious_server_cancels_its_attacks_when_the_run_does_not_end_well(tmp_path, error, status):
+    strategy, attacker, lines, run = _curious_run(tmp_path, FailingGrid(2, error), rounds=2, timeout=60)
+    with pytest.raises(type(error)):
+        run()
+    assert sorted((r["round"], r["client"]) for r in strategy.records) == [(1, 0), (1, 1)]
+    assert all(r["error"] == f"cancelled: the run was {status}" for r in strategy.records)
+    assert attacker.pending == 0 and not any("waiting" in line for line in lines)  # no wait for a dead run
 
 
 def test_client_reply_carries_examples_loss_and_truth_only_when_asked(tmp_path):
@@ -385,14 +481,15 @@ def test_interrupted_run_keeps_completed_rounds(tmp_path, monkeypatch):
 
 def test_attack_none_runs_no_attack_code(tmp_path, monkeypatch):
     import fedsim.attack_actor as attack_actor
-    import fedsim.strategy as strategy
+    import fedsim.server_app as server_app
 
     def forbidden(*args, **kwargs):
         raise AssertionError("attack code ran with --attack none")
 
     monkeypatch.setattr(attack_actor, "make_attacker", forbidden)
+    monkeypatch.setattr(server_app, "make_attacker", forbidden)
     monkeypatch.setattr(attack_actor, "RayAttacker", forbidden)
-    monkeypatch.setattr(strategy.CuriousServer, "__init__", forbidden)
+    monkeypatch.setattr(CuriousServer, "__init__", forbidden)
     s = small(tmp_path, attack="none", attack_backend="ray")
     recorder, lines = run_local(s)
     assert recorder.summary["status"] == "completed" and recorder.summary["rouge1"] is None

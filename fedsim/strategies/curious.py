@@ -1,9 +1,11 @@
-"""Server strategies: FedAvg with a round log, and the honest-but-curious wrapper that inverts client updates.
+"""The honest-but-curious server: a strategy wrapper that inverts client updates on the side.
 
-Composition, Flower style: ``CuriousServer(FedAvgWithLog(...), attacker, plan)`` runs the wrapped strategy
-unchanged (same messages, same aggregate) and, on the side, turns every targeted client's update into an
-:class:`~adversary.case.Observation` and hands it to an attacker. ``--attack none`` uses the bare FedAvg: no
-attack code is imported or run.
+``CuriousServer(strategy, attacker, plan)`` runs the wrapped strategy unchanged (same messages, same aggregate)
+and, before it aggregates, turns every targeted client's update into an :class:`~adversary.case.Observation` and
+submits it to an attacker. It owns the attacker's whole lifecycle: submit (``aggregate_train``), poll (each
+round, records handed to ``on_records``), finish after the last round (wait at most ``timeout`` seconds, then
+what is still running becomes an error record) or cancel when the run fails or is interrupted. ``--attack none``
+uses no CuriousServer: no attack code is imported or run.
 
 Gradient from an update (what the server can compute, given the global weights it sent):
 
@@ -15,61 +17,33 @@ Gradient from an update (what the server can compute, given the global weights i
   ``lr * E`` grows (the weights move between steps).
 
 Ground truth: a client's reply may carry a ``truth`` ConfigRecord (example indices, the scoring channel). The
-wrapper removes it from the reply before anything else reads the reply, and passes it only to the ``truth``
-callable of the plan, whose output goes to the attacker's scoring step, never into the Observation.
+wrapper removes it from the reply before passing the replies on (put it outermost and no other layer sees it),
+and passes it only to the ``truth`` callable of the plan, whose output goes to the attacker's scoring step, never
+into the Observation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from adversary.case import Observation
-from fedsim.attack_actor import Job
+from fedsim.attack_actor import Attacker, Job
 from fedsim.core import seeds
 from fedsim.core.train import EPS32
+from fedsim.strategies.base import RunInterrupted, StrategyWrapper, client_of
 
 TRUTH_KEY = "truth"  # the scoring channel's record in a client reply
-
-
-def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Train loss averaged over examples, examples summed, and how many clients took part."""
-    metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = np.array([float(m[weighted_by_key]) for m in metrics])
-    losses = np.array([float(m["train-loss"]) for m in metrics])
-    return MetricRecord({"train-loss": float((weights * losses).sum() / weights.sum()),
-                         weighted_by_key: int(weights.sum()), "clients": len(metrics)})
-
-
-def client_of(msg: Message) -> int:
-    """The client's partition id (node ids are random); -1 for a failed reply, which has no content."""
-    if msg.has_error():
-        return -1
-    return int(next(iter(msg.content.metric_records.values())).get("client", -1))
-
-
-class FedAvgWithLog(FedAvg):
-    """FedAvg that aggregates replies in client order (a seed then fixes the floating-point sum) and keeps, per
-    round, the aggregated train metrics and the clients that failed, so the run can report them."""
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("train_metrics_aggr_fn", aggregate_train_metrics)
-        super().__init__(**kwargs)
-        self.rounds: dict[int, dict] = {}
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = sorted(replies, key=lambda m: (client_of(m), m.metadata.src_node_id))
-        failed = [{"node": int(m.metadata.src_node_id), "reason": str(m.error.reason)} for m in replies if m.has_error()]
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        self.rounds[server_round] = {"metrics": dict(metrics) if metrics is not None else {}, "failed": failed}
-        return arrays, metrics
 
 
 @dataclass
@@ -90,19 +64,73 @@ class AttackPlan:
     local_steps: int = 1  # SGD steps behind one update (FedAvg's E), each rounding the weights once
 
 
-class CuriousServer(Strategy):
+class CuriousServer(StrategyWrapper):
     """Wraps a strategy; before it aggregates, submits one reconstruction job per targeted client update.
 
-    ``attacker.submit(job, observation, truth)`` must not block (a Ray actor call); results are collected by
-    whoever owns the attacker (the ServerApp, once per round and at the end).
+    ``attacker.submit`` must not block for long (a Ray actor call returns at once; the inline attacker runs the
+    job there). ``on_records`` receives finished records (default: kept in ``self.records``); ``note`` gets
+    progress lines while the server waits after the last round; ``stop`` set ends that wait early.
     """
 
-    def __init__(self, strategy: FedAvg, attacker, plan: AttackPlan) -> None:
-        self.strategy = strategy
+    def __init__(self, strategy: Strategy, attacker: Attacker, plan: AttackPlan, *,
+                 on_records: Callable[[list[dict[str, Any]]], None] | None = None,
+                 note: Callable[[str], None] | None = None, timeout: float = 600.0,
+                 stop: threading.Event | None = None) -> None:
+        super().__init__(strategy)
         self.attacker = attacker
         self.plan = plan
+        self.records: list[dict[str, Any]] = []
+        self.on_records = on_records or self.records.extend
+        self.note = note or (lambda line: None)
+        self.timeout = timeout
+        self.stop = stop
         self._global: dict[int, ArrayRecord] = {}
         self.submitted = 0
+
+    # --- the attacker's lifecycle --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around the run: finish the attacks after the last round, or cancel them if the run does not end well."""
+        with super().running():
+            try:
+                yield
+            except BaseException as exc:
+                self.cancel("interrupted" if isinstance(exc, (KeyboardInterrupt, RunInterrupted)) else "failed")
+                raise
+            self.finish()
+
+    def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Hand over whatever finished meanwhile (waiting at most ``timeout`` seconds)."""
+        records = self.attacker.poll(timeout=timeout)
+        if records:
+            self.on_records(records)
+        return records
+
+    def finish(self) -> None:
+        """After the last round: hand over results as they finish, for at most ``timeout`` seconds; whatever is
+        still running then becomes an error record (nothing is lost)."""
+        total = self.attacker.pending
+        if total:
+            self.note(f"training done; waiting for {total} attack job(s) (at most {self.timeout:g} s) ...")
+            deadline = time.perf_counter() + self.timeout
+            while self.attacker.pending and time.perf_counter() < deadline and not self._stopped():
+                for record in self.poll(timeout=min(1.0, max(0.0, deadline - time.perf_counter()))):
+                    self.note(f"  attack on round {record['round']}, client {record['client']}: " + (
+                        f"error {record['error']}" if "error" in record else f"ROUGE-1 {record['rouge1']:.2f}"
+                        f" in {record['seconds']:.0f} s  ({total - self.attacker.pending}/{total})"))
+        self._drain(f"not finished within --attack-timeout {self.timeout:g} s after the last round")
+
+    def cancel(self, status: str) -> None:
+        """The run failed or was interrupted: record what finished, and the rest as cancelled."""
+        self._drain(f"cancelled: the run was {status}")
+
+    def _drain(self, reason: str) -> None:
+        records = self.attacker.drain(0.0, reason)
+        if records:
+            self.on_records(records)
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     # --- steps a subclass may override ---------------------------------------------------------------------
     def targets(self, server_round: int, replies: list[Message]) -> list[Message]:
@@ -121,7 +149,7 @@ class CuriousServer(Strategy):
         scale = self.plan.gradient_scale
         return {n: ((global_state[n].double() - client_state[n].double()) / scale).float() for n in names}
 
-    def observation(self, server_round: int, reply: Message):
+    def observation(self, server_round: int, reply: Message) -> Observation:
         """What the server sees for one update: the model at the global weights, the derived gradient, and the
         public facts (batch size, tokenizer, label count). No lengths: the attack reads them from the gradient."""
         global_state = self._global[server_round].to_torch_state_dict()
@@ -146,7 +174,7 @@ class CuriousServer(Strategy):
                               + EPS32 * g.double().norm())
         return bounds
 
-    # --- Strategy interface ----------------------------------------------------------------------------------
+    # --- the Strategy methods it changes -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._global = {server_round: arrays}  # the weights every client of this round starts from
         config = ConfigRecord(dict(config))
@@ -164,16 +192,9 @@ class CuriousServer(Strategy):
                       seed=seeds.derive_seed(self.plan.seed, server_round, client, 11))
             self.attacker.submit(job, self.observation(server_round, reply), truth)
             self.submitted += 1
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
+        aggregated = self.strategy.aggregate_train(server_round, replies)
+        self.poll()  # whatever finished meanwhile; never waits
+        return aggregated
 
 
 def _pop_truth(msg: Message) -> list[int] | None:
@@ -182,4 +203,3 @@ def _pop_truth(msg: Message) -> list[int] | None:
     record = msg.content[TRUTH_KEY]
     del msg.content[TRUTH_KEY]
     return [int(i) for i in record["indices"]]
-
