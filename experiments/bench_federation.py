@@ -24,14 +24,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+if __package__ in (None, ""):  # run as python experiments/NAME.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fedsim import simulate  # noqa: E402
+from fedsim.core.io import read_jsonl  # noqa: E402
+from fedsim.core.logs import quiet_libraries  # noqa: E402
+from fedsim.settings import Settings  # noqa: E402
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from fedsim.settings import Settings
-
     d = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=d.model)
@@ -46,10 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", default=None, help="keep both runs' files here (default: a temporary directory)")
     args = parser.parse_args(argv)
-
-    from fedsim import simulate
-    from fedsim.core.logs import quiet_libraries
-    from fedsim.core.io import read_jsonl
 
     quiet_libraries()
     root = args.out or tempfile.mkdtemp(prefix="bench_federation_")

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as python experiments/NAME.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.paper import Stat, read_stats, verdict  # noqa: E402
+from fedsim.results import RunDir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -39,8 +40,13 @@ class Claim:
 CLAIMS = (
     Claim("Larger models leak more", "Table II: BERT-base 41.95 vs TinyBERT4 27.07 ROUGE-1", "table2_model_size",
           "rouge1", {"model": "bert-base"}, {"model": "tinybert4"}),
+    Claim("Larger models leak more (harder: 40 iterations)", "Table II: BERT-base 41.95 vs TinyBERT4 27.07 ROUGE-1",
+          "harder/table2_model_size", "rouge1", {"model": "bert-base"}, {"model": "tinybert4"}),
     Claim("A smaller vocabulary leaks more", "Table VII: 21,128 tokens 54.87 vs 30,522 tokens 30.84 ROUGE-1",
           "table7_vocab", "rouge1", {"vocab": "bert-base-chinese-vocab"}, {"vocab": "bert-base-uncased"}),
+    Claim("A smaller vocabulary leaks more (harder: 40 iterations)",
+          "Table VII: 21,128 tokens 54.87 vs 30,522 tokens 30.84 ROUGE-1", "harder/table7_vocab", "rouge1",
+          {"vocab": "bert-base-chinese-vocab"}, {"vocab": "bert-base-uncased"}),
     Claim("Shorter inputs leak more", "Table VI: CoLA < 10 words 30.84 vs RTE > 50 words 13.40 ROUGE-1",
           "table6_length", "rouge1", {"input": "CoLA < 10 words"}, {"input": "RTE > 50 words"}),
     Claim("Pretrained weights leak more (CoLA)", "Table V: 45.68 vs 30.84 ROUGE-1", "table5_pretrained", "rouge1",
@@ -97,10 +103,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
     args = p.parse_args(argv)
     rows = evaluate(Path(args.results))
     table = markdown(rows)
-    (Path(args.results) / "claims.md").write_text(
+    RunDir(args.results, "experiment").write_text("claims.md",
         "# The TAG paper's claims against our runs\n\n" + table + "\n\nVerdict rule: `experiments/paper.py` (Welch 95% "
         "interval of the difference of our two means; both at the 1.00 ceiling = the setting cannot test the claim)."
-        "\n", encoding="utf-8")
+        "\n")
     if not args.no_readme:
         update_readme(table)
     print(table)

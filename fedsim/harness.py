@@ -12,7 +12,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,11 +20,12 @@ import numpy as np
 
 from adversary.case import GroundTruth, Reconstruction, observe
 from adversary.metrics import score
+from adversary.options import Budget
 from adversary.registry import get_attack
 from defenses import build_gradient_fn
 from fedsim.core.errors import UsageError, require_positive
 from fedsim.core.seeds import batch_seed, rng
-from fedsim.core.io import append_jsonl, write_json, write_private_text
+from fedsim.results import RunDir
 from fedsim.settings import AttackJob
 
 METRICS = ("recover_rate", "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct")
@@ -95,8 +96,9 @@ def prepare(job: AttackJob, gradient_fn: GradientFn | None = None) -> Prepared:
         require_positive(name, value)
     if job.num_samples is not None:
         require_positive("--num-samples", job.num_samples)
-    attack = get_attack(job.method)  # fail on a bad method before loading anything heavy
-    gradient_fn = gradient_fn or defense_gradient_fn(job.defenses, job.seed)
+    attack = get_attack(job.method)  # fail on a bad method or option before loading anything heavy
+    attack.options(job.attack_options)
+    gradient_fn = gradient_fn or defense_gradient_fn(job.defense, job.seed)
     examples = load_examples(job)
     tokenizer = load_tokenizer(job.vocab)
     model = build_model(job.model, job.init, num_labels=examples.num_labels, vocab_size=len(tokenizer),
@@ -119,8 +121,8 @@ def iter_attacks(prepared: Prepared,
                            examples.pairs[start:stop] if examples.pairs else None, max_length=job.max_length)
         observation, truth = observe(model, batch, tokenizer, gradient_fn=prepared.gradient_fn,
                                      public_lengths=job.public_lengths)
-        reconstruction = prepared.attack(observation, iterations=job.iterations, seed=batch_seed(job.seed, index),
-                                **job.attack_options)
+        reconstruction = prepared.attack(observation, Budget(job.iterations), batch_seed(job.seed, index),
+                                         prepared.attack.options(job.attack_options))
         if on_attack is not None:
             on_attack(reconstruction, truth)
         scores = score(reconstruction, truth)
@@ -132,7 +134,7 @@ def iter_attacks(prepared: Prepared,
             "labels": truth.labels, "predicted_labels": reconstruction.labels,
             "analytic_labels": reconstruction.info.get("analytic_labels"),
             "gradient_distance": reconstruction.gradient_distance, "seconds": reconstruction.seconds,
-            "iterations": reconstruction.iterations, "seed": job.seed, "defenses": list(job.defenses),
+            "iterations": reconstruction.iterations, "seed": job.seed, "defenses": list(job.defense),
         }
 
 
@@ -146,7 +148,7 @@ def summarize(records: list[dict], job: AttackJob, wall_seconds: float) -> dict:
     job_fields = {k: v for k, v in asdict(job).items() if k != "attack_options"}
     return {**job_fields, **means, "count": len(records), "samples": sum(r["batch_size"] for r in records),
             "seconds_mean": means.get("seconds"), "seconds": float(sum(r["seconds"] for r in records)),
-            "wall_seconds": wall_seconds, "defenses": list(job.defenses)}
+            "wall_seconds": wall_seconds, "defenses": list(job.defense)}
 
 
 @contextlib.contextmanager
@@ -169,13 +171,13 @@ def terminate_as_interrupt() -> Iterator[None]:
 def run_job(job: AttackJob, gradient_fn: GradientFn | None = None, progress: bool = True,
             on_record: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
     """Run the job, appending each record to ``OUT/results.jsonl`` as it comes and writing ``OUT/summary.json``
-    at the end (also when interrupted). Both files are private (mode 0600): they hold the client's text."""
+    (kind ``attack``) at the end, also when interrupted. Both are private (mode 0600): they hold the client's text
+    (``fedsim.results.FILES["attack"]``)."""
     from tqdm.auto import tqdm
 
     prepared = prepare(job, gradient_fn)
-    out = Path(job.out)
-    results_path, summary_path = out / "results.jsonl", out / "summary.json"
-    write_private_text(results_path, [])  # a fresh run replaces an old results file
+    files = RunDir(job.out, "attack")
+    files.start("results.jsonl")  # a fresh run replaces an old results file
     records: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(total=prepared.num_batches, desc=f"{job.method} on {job.model}", unit="batch", disable=not progress)
@@ -184,7 +186,7 @@ def run_job(job: AttackJob, gradient_fn: GradientFn | None = None, progress: boo
         with terminate_as_interrupt():
             for record in stream:
                 records.append(record)
-                append_jsonl(results_path, record)
+                files.append("results.jsonl", record)
                 bar.update(1)
                 bar.set_postfix(rouge1=f"{np.mean([r['rouge1'] for r in records]):.3f}",
                                 rr=f"{np.mean([r['recover_rate'] for r in records]):.3f}")
@@ -192,8 +194,7 @@ def run_job(job: AttackJob, gradient_fn: GradientFn | None = None, progress: boo
                     on_record(record)
     finally:
         bar.close()
-        summary = summarize(records, job, time.perf_counter() - start)
-        write_json(summary_path, summary)
+        summary = files.write_summary(summarize(records, job, time.perf_counter() - start))
     return records, summary
 
 

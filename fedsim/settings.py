@@ -280,11 +280,6 @@ class AttackJob(RunOptions):
     def __post_init__(self) -> None:
         self.validate()
 
-    @property
-    def defenses(self) -> tuple[str, ...]:
-        """The defense specs as the attack's results files name them."""
-        return tuple(self.defense)
-
     def validate(self) -> None:
         super().validate()
         for name in ("iterations", "num_samples"):
