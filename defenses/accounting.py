@@ -10,6 +10,8 @@ remove one unit (dp-accounting's default), where the unit is
   on that update; for FedSGD, its batch). The update has norm <= C, so sensitivity C and multiplier S/C, with no
   subsampling (q = 1), composed over the releases (defended updates) the client sent. Consecutive noise specs
   add in variance; pruning before the noise keeps the norm bound; everything after is post-processing.
+* ``dp:epsilon=E,c=C`` and ``clip:c=C+noise:epsilon=E`` are budgets, not mechanisms: ``defenses.budget`` resolves
+  them into the sigma specs above (whose epsilon over the run is E) before anything here sees them.
 * noise with no clip before it: the gradient's norm is unbounded, so no noise level gives a finite epsilon: inf.
   Clipping or pruning alone is deterministic: inf as well.
 
@@ -26,7 +28,7 @@ from typing import Any, Mapping
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from defenses.specs import Clip, DpSgd, Noise, SpecsLike, format_defenses, parse_defenses
+from defenses.specs import Clip, DpSgd, Noise, SpecsLike, format_defenses, parse_defenses, unresolved_budget
 from fedsim.core.errors import UsageError
 
 DEFAULT_DELTA = 1e-5
@@ -120,7 +122,7 @@ class Release:
 
 def mechanism(specs: SpecsLike, batch_size: int = 1, shard_size: int | None = None) -> Mechanism:
     """The Gaussian mechanism a defense setting applies each time it runs (see the module docstring)."""
-    defenses = parse_defenses(specs)
+    defenses = unresolved_budget(parse_defenses(specs))
     name = format_defenses(defenses)
     if not defenses:
         return Mechanism(0.0, 1.0, "none", "no defense: updates leave the client as computed, epsilon = inf")

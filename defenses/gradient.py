@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from defenses.dpsgd import dp_sgd_gradients
-from defenses.specs import Defense, DpSgd, SpecsLike, format_defenses, parse_defenses
+from defenses.specs import Defense, DpSgd, SpecsLike, format_defenses, parse_defenses, unresolved_budget
 from defenses.transforms import defend_update, make_generator
 from fedsim.core.train import Batch, GradientFn, batch_gradients
 
@@ -49,9 +49,10 @@ def build_gradient_fn(specs: SpecsLike, generator: torch.Generator | int | None 
     ``specs``: ``--defense`` values in order (``[]``, ``["none"]``, ``["clip:c=1", "noise:sigma=0.01"]``,
     ``"dp:sigma=1,c=1"``). ``generator``: a torch Generator or an int seed (None: torch's global RNG).
     ``max_chunk``: examples per vectorised per-example-gradient chunk for ``dp:`` (None: sized to memory).
-    Malformed specs raise ``UsageError`` here, before any training starts.
+    Malformed specs, and epsilon budgets not yet resolved to a sigma, raise ``UsageError`` here, before any
+    training starts.
     """
-    defenses = parse_defenses(specs)
+    defenses = unresolved_budget(parse_defenses(specs))
     if not defenses:
         return batch_gradients
     return DefendedGradient(defenses, make_generator(generator), max_chunk)

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 
-from defenses.specs import Clip, DpSgd, Noise, Prune, SpecsLike, parse_defenses
+from defenses.specs import Clip, DpSgd, Noise, Prune, SpecsLike, parse_defenses, unresolved_budget
 from fedsim.core.errors import UsageError
 
 Update = dict[str, torch.Tensor]
@@ -90,7 +90,7 @@ def defend_update(specs: SpecsLike, update: Mapping[str, torch.Tensor],
     """
     gen = make_generator(generator)
     out = dict(update)
-    for d in parse_defenses(specs):
+    for d in unresolved_budget(parse_defenses(specs)):
         if isinstance(d, Noise):
             out = add_noise(out, d.sigma, gen)
         elif isinstance(d, Clip):

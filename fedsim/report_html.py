@@ -174,7 +174,7 @@ def _facts(view: RunView) -> str:
         rows.append(("rounds", f"{s.get('rounds_completed')} of {s.get('settings', {}).get('rounds')}"))
         rows.append(("dev accuracy (global model)", f"{_num(s.get('initial_accuracy'))} before, "
                                                     f"{_num(s.get('final_accuracy'))} after"))
-    attacks = s.get("attacks") or {}
+    attacks = s.get("attacks") if isinstance(s.get("attacks"), dict) else {}  # a sweep lists attack names there
     scored = attacks.get("scored", len([u for u in view.updates if not u.get("error")]))
     rows.append(("attacked updates", f"{scored} scored, {attacks.get('errors', _errors(view))} failed"))
     for key, label in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("recover_rate", "Recover Rate")):

@@ -2,11 +2,13 @@
 
 ``app`` is what ``flwr run .`` loads (settings from ``[tool.flwr.app.config]`` / ``--run-config``);
 ``make_server_app(settings, recorder)`` is what ``fedleak simulate`` runs in-process. Both call ``run_server``,
-which stacks the strategy wrappers (``fedsim.strategies``) and starts the top one.
+which resolves an epsilon budget into a sigma (``resolve_defense``), stacks the strategy wrappers
+(``fedsim.strategies``) and starts the top one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +19,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
 from adversary.case import GroundTruth
-from defenses import DEFAULT_DELTA, mechanism, single_release_epsilon
+from defenses import DEFAULT_DELTA, Calibration, has_budget, mechanism, resolve_budget, single_release_epsilon
 from fedsim import task
 from fedsim.attack_actor import Attacker, make_attacker
+from fedsim.core.data import partition
 from fedsim.core.seeds import seed_everything
 from fedsim.core.text import load_tokenizer
 from fedsim.results import Recorder
@@ -27,7 +30,8 @@ from fedsim.settings import Settings
 from fedsim.strategies import (AttackPlan, CuriousServer, FedAvgWithLog, PrivacyAccounting, RunInterrupted,
                                layer)
 
-__all__ = ["RunInterrupted", "StoppableGrid", "app", "build_strategy", "make_server_app", "run_server"]
+__all__ = ["RunInterrupted", "StoppableGrid", "app", "build_strategy", "make_server_app", "resolve_defense",
+           "run_server"]
 
 app = ServerApp()
 
@@ -84,10 +88,13 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
                stop: threading.Event | None = None) -> Result | None:
     """One federation: R rounds of FedAvg, the global model evaluated on dev after each, leakage on the side."""
     seed_everything(s.seed)
-    recorder = recorder or Recorder(s)
+    recorder = recorder or Recorder(s)  # records the settings as given (an epsilon budget stays one there)
+    s, calibration = resolve_defense(s)  # from here on (clients, accounting) the defense is a concrete sigma
+    if calibration is not None:
+        recorder.note(f"privacy budget: {calibration.explanation}")
     train_split = task.load_split(s.dataset, "train", s.data_dir, s.seed)
     initial = ArrayRecord(task.state_of(task.initial_model(s, train_split.num_labels)))
-    strategy = build_strategy(s, train_split, recorder, stop=stop)
+    strategy = build_strategy(s, train_split, recorder, stop=stop, calibration=calibration)
     status = "interrupted"
     try:
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=s.rounds,
@@ -105,15 +112,17 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
 
 
 def build_strategy(s: Settings, train_split: task.TaskData, recorder: Recorder, *,
-                   attacker: Attacker | None = None, stop: threading.Event | None = None) -> Strategy:
+                   attacker: Attacker | None = None, stop: threading.Event | None = None,
+                   calibration: Calibration | None = None) -> Strategy:
     """The stack, inside out: FedAvg; privacy accounting when a defense is on; the curious server when an attack
     is on. The curious server is outermost, so it takes the scoring channel out of each reply before any other
-    layer reads it. ``attacker``: where jobs run (default: the one the settings name)."""
+    layer reads it. ``attacker``: where jobs run (default: the one the settings name). ``s.defense`` must hold no
+    unresolved budget (``resolve_defense``); ``calibration``: what resolved it (its delta is the run's)."""
     strategy: Strategy = FedAvgWithLog(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
                                        min_available_nodes=s.clients)
     if s.defense:  # without a defense there is no guarantee to report: epsilon stays null
-        strategy = PrivacyAccounting(strategy, delta=DEFAULT_DELTA)
-        recorder.extra.update(privacy_facts(s))
+        strategy = PrivacyAccounting(strategy, delta=calibration.delta if calibration else DEFAULT_DELTA)
+        recorder.extra.update(privacy_facts(s, calibration))
     if s.attack != "none":
         attacker = attacker or make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
         strategy = CuriousServer(strategy, attacker, attack_plan(s, train_split), on_records=recorder.leakage,
@@ -137,12 +146,31 @@ def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indice
     return GroundTruth(texts=texts, token_ids=ids, labels=labels)
 
 
-def privacy_facts(s: Settings) -> dict:
+def privacy_facts(s: Settings, calibration: Calibration | None = None) -> dict:
     """What summary.json says about the defense besides each round's epsilon (which the clients' reports give):
-    delta, the configured mechanism in words (with client 0's shard size) and the seed paper's single-release bound."""
+    delta, the configured mechanism in words (with client 0's shard size), the seed paper's single-release bound,
+    and for an epsilon budget the sigma it was calibrated to (``Calibration.facts``)."""
     shard = task.client_shard(s.dataset, s.data_dir, s.partition, s.clients, 0, s.seed)
-    return {"delta": DEFAULT_DELTA, "epsilon_explanation": mechanism(s.defense, s.batch_size, len(shard)).explanation,
-            "epsilon_single_release": single_release_epsilon(s.defense)[0]}
+    delta = calibration.delta if calibration else DEFAULT_DELTA
+    return {"delta": delta, "epsilon_explanation": mechanism(s.defense, s.batch_size, len(shard)).explanation,
+            "epsilon_single_release": single_release_epsilon(s.defense, delta)[0],
+            **(calibration.facts() if calibration else {})}
+
+
+def resolve_defense(s: Settings) -> tuple[Settings, Calibration | None]:
+    """The settings with an epsilon budget (``dp:epsilon=E,c=C``, ``clip:c=C+noise:epsilon=E``) replaced by the
+    sigma that makes this run end at E, and the calibration; unchanged settings and None without a budget.
+
+    Calibrated for every client's DP-SGD steps (rounds x local steps in FedAvg, rounds in FedSGD; every client
+    trains every round) at the smallest shard's rate q = B/N, so that no client ends above E. An impossible budget
+    raises UsageError (one line)."""
+    if not has_budget(s.defense):
+        return s, None
+    steps = s.local_steps if s.mode == "fedavg" else 1
+    labels = task.load_split(s.dataset, "train", s.data_dir, s.seed).dataset["label"]
+    smallest = min(len(shard) for shard in partition(labels, s.clients, s.partition, s.seed))
+    calibration = resolve_budget(s.defense, s.rounds, steps, s.batch_size, smallest)
+    return dataclasses.replace(s, defense=[calibration.resolved]), calibration
 
 
 def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: Recorder

@@ -133,7 +133,8 @@ class RunOptions:
     batch_size: int = option(1, "examples per client step (sentences per gradient)", group="data", parse=positive_int)
     defense: list[str] = option(
         help="client-side defense applied before the update leaves the client: noise:sigma=S, clip:c=C, "
-             "dp:sigma=S,c=C or prune:p=P (repeatable: applied in order; compose with '+')",
+             "dp:sigma=S,c=C or prune:p=P (repeatable: applied in order; compose with '+'); or a budget whose sigma "
+             "is calibrated to the run: dp:epsilon=E,c=C or clip:c=C+noise:epsilon=E (optional ,delta=D)",
         group="client-side defense", repeat=True, default_factory=list)
     seed: int = option(0, "same seed, same results")
     out: str = option("runs/run", "output directory")

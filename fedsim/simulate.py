@@ -5,7 +5,8 @@ Outputs in ``--out`` (all flushed every round, so an interrupted run keeps its c
 * ``rounds.jsonl``  one line per round: ``round, train_loss, eval_accuracy, eval_loss, epsilon, seconds, ...``;
 * ``leakage.jsonl`` one line per attacked update, as jobs finish: ``round, client, method, reference,
   reconstruction, rouge1, rouge2, rougeL, recover_rate, seconds`` or ``error``;
-* ``summary.json``  rewritten every round (``status`` running/completed/interrupted/failed);
+* ``summary.json``  rewritten every round (``status`` running/completed/interrupted/failed; with an epsilon budget
+  also ``defense_resolved`` and ``calibrated_sigma``, the sigma it was calibrated to);
 * ``simulate.png``  dev accuracy and leakage per round (written at the end).
 
 Files that hold private or reconstructed text are mode 0600 (``fedsim.core.io``).
@@ -25,7 +26,7 @@ from flwr.simulation import run_simulation
 
 from fedsim.client_app import app as client_app
 from fedsim.results import Recorder
-from fedsim.server_app import make_server_app
+from fedsim.server_app import make_server_app, resolve_defense
 from fedsim.settings import Settings
 
 
@@ -48,7 +49,11 @@ def start_ray(cpus: int) -> None:
 
 
 def run(settings: Settings, verbose: bool = False, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One in-process federation on the Ray backend. Returns summary.json's content."""
+    """One in-process federation on the Ray backend. Returns summary.json's content.
+
+    An epsilon budget that no sigma can meet fails here (UsageError), before Ray starts or ``--out`` is touched;
+    the ServerApp resolves it again (the same sigma) for the run itself and prints it."""
+    resolve_defense(settings)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level

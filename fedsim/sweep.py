@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from defenses import format_defenses, parse_defenses, single_release_epsilon
 from fedsim.core.plots import pyplot
 from fedsim.results import Resume, RunDir, read_records
+from fedsim.server_app import resolve_defense
 from fedsim.settings import Settings
 
 COLUMNS = ("defense", "attack", "epsilon", "epsilon_single_release", "final_accuracy", "rouge1", "rouge2", "rougeL",
@@ -34,6 +35,8 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
     """Run every (defense, attack) pair; returns the trade-off rows. ``run`` is the federation (default: simulate).
 
     ``resume``: a pair whose sub-directory already holds a completed run of the same settings is read, not rerun.
+    An epsilon budget (``dp:epsilon=E,c=C``) is resolved per run with that run's settings, all of them before the
+    first run starts (an impossible one fails the sweep at once); its row keeps the budget as its label.
     """
     if run is None:
         from fedsim.simulate import run as run_simulation
@@ -42,12 +45,15 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings_list = []
+    resolved: dict[str, list[str]] = {}  # label -> the sigma specs its runs run (the attack does not change it)
     for spec in defenses:
         label = format_defenses(spec)  # validates every spec before the first run starts
         for attack in attacks:
             specs = [] if label == "none" else [label]
-            settings_list.append((label, attack, dataclasses.replace(
-                base, defense=specs, attack=attack, out=str(out / run_label(label, attack)))))
+            settings = dataclasses.replace(base, defense=specs, attack=attack, out=str(out / run_label(label, attack)))
+            settings_list.append((label, attack, settings))
+            if label not in resolved:
+                resolved[label] = resolve_defense(settings)[0].defense
     files = RunDir(out, "sweep")
     earlier = Resume.runs([s.out for _, _, s in settings_list], "federation run", enabled=resume)
     rows: list[dict] = []
@@ -66,7 +72,7 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
                  + (f" ({Resume.KEPT})" if summary is not None else ""))
             if summary is None:
                 summary = run(settings)
-            single, _ = single_release_epsilon(list(parse_defenses(settings.defense)))
+            single, _ = single_release_epsilon(list(parse_defenses(resolved[label])))
             rows.append({"defense": label, "attack": attack, "epsilon": _eps(summary.get("epsilon")),
                          "epsilon_single_release": single, "final_accuracy": summary.get("final_accuracy"),
                          **{k: summary.get(k) for k in ("rouge1", "rouge2", "rougeL", "recover_rate")},

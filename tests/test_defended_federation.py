@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from pathlib import Path
@@ -31,6 +32,42 @@ def test_dp_sgd_run_reports_growing_epsilon_matching_dp_accounting(tmp_path):
     assert eps[-1] == pytest.approx(expected, rel=1e-9)  # the largest epsilon: the client with the smallest shard
     assert recorder.summary["epsilon"] == eps[-1] and "example" in recorder.summary["epsilon_explanation"]
     assert any("ε" in line for line in lines)
+
+
+@pytest.mark.parametrize("mode,steps", [("fedsgd", 1), ("fedavg", 2)])
+def test_epsilon_budget_run_ends_at_its_epsilon(tmp_path, mode, steps):
+    s = small(tmp_path, defense=["dp:epsilon=3,c=1"], attack="none", rounds=2, mode=mode, local_steps=steps)
+    recorder, lines = run_local(s)
+    summary = recorder.summary
+    assert summary["epsilon"] == pytest.approx(3.0, rel=0.01)
+    smallest_shard = min(len(task.client_shard("pii", "", "iid", 2, c, s.seed)) for c in range(2))
+    sigma = summary["calibrated_sigma"]
+    assert summary["defense_resolved"] == f"dp:sigma={sigma:g},c=1" and summary["defense_budget"] == "dp:epsilon=3,c=1"
+    expected, _ = compute_epsilon([summary["defense_resolved"]], 1, smallest_shard, steps=2 * steps)
+    assert summary["epsilon"] == pytest.approx(expected, rel=1e-9)  # the clients ran the calibrated sigma
+    assert summary["settings"]["defense"] == "dp:epsilon=3,c=1"  # the settings as given
+    assert any("privacy budget" in line and summary["defense_resolved"] in line for line in lines)
+
+
+def test_update_level_budget_run_ends_at_its_epsilon(tmp_path):
+    s = small(tmp_path, defense=["clip:c=1+noise:epsilon=20,delta=1e-6"], attack="none", rounds=2)
+    recorder, _ = run_local(s)
+    assert recorder.summary["epsilon"] == pytest.approx(20.0, rel=0.01) and recorder.summary["delta"] == 1e-6
+    assert recorder.summary["defense_resolved"].startswith("clip:c=1+noise:sigma=")
+
+
+def test_sweep_resolves_each_budget_with_its_own_run(tmp_path):
+    base = small(tmp_path, attack="none", rounds=1)
+    rows = sweep(base, ["dp:epsilon=1,c=1", "dp:epsilon=8,c=1"], ["none"], tmp_path / "sweep",
+                 run=lambda s: run_local(s)[0].summary, echo=lambda _: None)
+    assert [r["defense"] for r in rows] == ["dp:epsilon=1,c=1", "dp:epsilon=8,c=1"]
+    assert [r["epsilon"] for r in rows] == [pytest.approx(1.0, rel=0.01), pytest.approx(8.0, rel=0.01)]
+    sigmas = [read_summary(r["run_dir"])["calibrated_sigma"] for r in rows]
+    assert sigmas[0] > sigmas[1] and rows[0]["epsilon_single_release"] < rows[1]["epsilon_single_release"]
+
+
+def read_summary(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
 # --- the accounting wrapper, on hand-made replies ----------------------------------------------------------------
@@ -131,8 +168,15 @@ def test_sweep_writes_tradeoff_rows_plot_and_run_dirs(tmp_path):
     (["simulate", "--defense", "zap:x=1"], "zap"),
     (["sweep", "--defense", "none", "--defense", "dp:sigma=1"], "dp"),
     (["sweep", "--attack", "telepathy"], "telepathy"),
+    (["simulate", "--defense", "dp:epsilon=-1,c=1"], "epsilon"),
+    (["simulate", "--defense", "dp:epsilon=1,c=1,delta=1.5"], "delta"),
+    (["sweep", "--defense", "dp:epsilon=1,c=1", "--defense", "clip:c=1+noise:epsilon=0"], "epsilon"),
+    # well-formed but impossible for this run (q = 1 over 2 rounds: RDP cannot reach 1e-4): fails before Ray starts
+    (["simulate", "--model", "tiny", "--rounds", "2", "--clients", "2", "--attack", "none", "--batch-size", "1000",
+      "--defense", "dp:epsilon=1e-4,c=1", "--out", "{tmp}/run"], "no noise"),
 ])
-def test_bad_defense_or_attack_is_one_line_exit_2(capsys, argv, needle):
+def test_bad_defense_or_attack_is_one_line_exit_2(capsys, tmp_path, argv, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
         code = main(argv)
     except SystemExit as exc:

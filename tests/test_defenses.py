@@ -11,9 +11,9 @@ import torch
 from dp_accounting import pld, rdp
 
 from defenses import (REPORT_KEYS, Accountant, ClientPrivacy, Release, add_noise, build_gradient_fn, clip_update,
-                      compute_epsilon, defend_update, format_defenses, global_norm, mechanism, parse_defenses,
-                      per_example_gradients, prune_update, single_release_epsilon)
-from defenses.specs import Clip, DpSgd, Noise, Prune
+                      compute_epsilon, defend_update, format_defenses, global_norm, has_budget, mechanism,
+                      parse_defenses, per_example_gradients, prune_update, resolve_budget, single_release_epsilon)
+from defenses.specs import Clip, DpSgd, DpSgdBudget, Noise, NoiseBudget, Prune
 from fedsim.core.errors import UsageError
 from fedsim.core.models import build_model
 from fedsim.core.text import load_tokenizer, make_batch
@@ -230,3 +230,71 @@ def test_a_release_travels_as_numbers_and_back():
     for bad in ({}, {**metrics, "privacy-unit": 7}, {**metrics, "privacy-sample-rate": float("nan")},
                 {k: v for k, v in metrics.items() if k != "privacy-steps"}, {**metrics, "privacy-steps": -1}):
         assert Release.from_metrics(bad) is None
+
+
+# --- budgets in epsilon: sigma calibrated so that the run ends at E ------------------------------------------------
+def _rdp(z: float, q: float, steps: int, delta: float = 1e-5) -> float:
+    event = dp_accounting.GaussianDpEvent(z)
+    event = event if q == 1 else dp_accounting.PoissonSampledDpEvent(q, event)
+    return rdp.RdpAccountant().compose(event, steps).get_epsilon(delta)
+
+
+def test_budget_specs_parse_format_and_are_no_mechanism_until_resolved():
+    assert parse_defenses("dp:epsilon=8,c=1") == (DpSgdBudget(8.0, 1.0),)
+    assert parse_defenses("clip:c=1+noise:epsilon=2,delta=1e-6") == (Clip(1.0), NoiseBudget(2.0, 1e-6))
+    assert format_defenses("dp:epsilon=8,c=1,delta=1e-6") == "dp:epsilon=8,c=1,delta=1e-06"
+    assert has_budget("dp:epsilon=8,c=1") and not has_budget("dp:sigma=1,c=1")
+    for use in (lambda: mechanism("dp:epsilon=8,c=1"), lambda: build_gradient_fn("dp:epsilon=8,c=1"),
+                lambda: defend_update("clip:c=1+noise:epsilon=8", {"w": torch.ones(3)})):
+        with pytest.raises(UsageError, match="budget"):
+            use()
+    assert resolve_budget("dp:sigma=1,c=1", 3, 1, 1, 10) is None
+
+
+def test_dp_budget_calibrates_sigma_against_dp_accounting():
+    cal = resolve_budget("dp:epsilon=2.101,c=1", rounds=1000, steps_per_round=1, batch_size=1, shard_size=100)
+    assert cal.sigma == pytest.approx(1.0, rel=1e-3) and cal.sample_rate == 0.01 and cal.steps == 1000
+    assert cal.specs == (DpSgd(cal.sigma, 1.0),) and cal.resolved == f"dp:sigma={cal.sigma:g},c=1"
+    assert _rdp(cal.sigma, 0.01, 1000) == pytest.approx(2.101, rel=0.01) == cal.epsilon
+    # FedAvg: rounds x local steps; a larger budget needs less noise
+    small = resolve_budget("dp:epsilon=1,c=1", 10, 5, 4, 50)
+    large = resolve_budget("dp:epsilon=8,c=1", 10, 5, 4, 50)
+    assert large.sigma < small.sigma and small.steps == 50
+    for cal, target in ((small, 1.0), (large, 8.0)):
+        assert _rdp(cal.sigma, 4 / 50, 50) == pytest.approx(target, rel=0.01)
+        assert compute_epsilon(list(cal.specs), 4, 50, 50)[0] == pytest.approx(target, rel=0.01)
+    delta = resolve_budget("dp:epsilon=8,c=1,delta=1e-3", 10, 5, 4, 50)
+    assert delta.delta == 1e-3 and delta.sigma < large.sigma
+    assert _rdp(delta.sigma, 4 / 50, 50, 1e-3) == pytest.approx(8.0, rel=0.01)
+    facts = large.facts()
+    assert facts["calibrated_sigma"] == large.sigma and facts["defense_resolved"] == large.resolved
+
+
+def test_update_level_budget_calibrates_the_noise_to_the_clip():
+    cal = resolve_budget("clip:c=2+prune:p=0.5+noise:epsilon=4", rounds=3, steps_per_round=2, batch_size=1,
+                         shard_size=10)
+    (clip, prune, noise) = cal.specs
+    assert (clip, prune) == (Clip(2.0), Prune(0.5)) and isinstance(noise, Noise) and cal.sample_rate == 1.0
+    assert noise.sigma == pytest.approx(2 * cal.noise_multiplier, rel=1e-5) and cal.sigma == noise.sigma
+    assert _rdp(cal.noise_multiplier, 1.0, 6) == pytest.approx(4.0, rel=0.01)
+    assert compute_epsilon(list(cal.specs), 1, 10, 6)[0] == pytest.approx(4.0, rel=0.01)
+    assert resolve_budget("clip:c=2+noise:epsilon=8", 3, 2, 1, 10).sigma < noise.sigma
+
+
+@pytest.mark.parametrize("spec,args,needle", [
+    ("dp:epsilon=-1,c=1", None, "epsilon"),
+    ("dp:epsilon=0,c=1", None, "epsilon"),
+    ("dp:epsilon=1,c=0", None, "c must"),
+    ("dp:epsilon=1,c=1,delta=1", None, "delta"),
+    ("dp:epsilon=1,c=1,delta=0", None, "delta"),
+    ("dp:epsilon=1,sigma=1,c=1", None, "not both"),
+    ("noise:epsilon=1", None, "clip before"),
+    ("clip:c=1+noise:epsilon=1+noise:sigma=1", None, "another noise"),
+    ("dp:epsilon=1,c=1+clip:c=1+noise:epsilon=1", None, "one epsilon budget"),
+    ("dp:epsilon=1e-4,c=1", (2, 1, 1, 1), "no noise"),  # q = 1, two steps: RDP cannot go this low
+    ("clip:c=1+noise:epsilon=1e6", (2, 1, 1, 1), "no noise"),  # would need almost no noise
+])
+def test_nonsense_or_impossible_budget_is_a_usage_error(spec, args, needle):
+    with pytest.raises(UsageError, match=needle) as info:
+        parse_defenses(spec) if args is None else resolve_budget(spec, *args)
+    assert "\n" not in str(info.value)

@@ -135,3 +135,15 @@ def test_in_headless_chromium(tmp_path):
                    timeout=120, cwd=tmp_path)
     assert shot.is_file() and shot.stat().st_size > 10_000
     (tmp_path / "dom.json").write_text(json.dumps({"rows": parsed.rows, "hidden": parsed.hidden}))
+
+
+def test_a_sweep_page_has_its_settings_table_and_every_run_s_updates(tmp_path):
+    d = tmp_path / "sweep"
+    run = simulate_dir(tmp_path)  # one run of the sweep
+    d.mkdir()
+    write_json(d / "summary.json", {"kind": "sweep", "status": "completed", "attacks": ["tag"], "defenses": ["none"],
+                                    "settings": {"model": "tiny", "rounds": 3}})
+    (d / "tradeoff.csv").write_text(f"defense,attack,epsilon,final_accuracy,rouge1,run_dir\nnone,tag,inf,0.5,0.5,{run}\n")
+    page = render_html(load_run(d))
+    assert "Settings: leakage against accuracy" in page and f"Attacked updates ({UPDATES})" in page
+    assert "fedleak sweep --model tiny --out" in page and "--defense none --attack tag" in page
