@@ -106,6 +106,20 @@ def describe_run(args: argparse.Namespace, extra: str = "") -> str:
             + " " + LEDGER.note())
 
 
+def run_script(main: Callable[[], Any]) -> None:
+    """A script's entry point: bad input (a missing GLUE file, an unknown model) is one line on stderr and exit
+    code 2, not a traceback; Ctrl-C keeps what was written (rows are flushed as they come)."""
+    name = Path(sys.argv[0]).name
+    try:
+        main()
+    except UsageError as exc:
+        sys.stderr.write(f"{name}: error: {exc}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{name}: interrupted; the rows written so far are kept (rerun with --resume)\n")
+        sys.exit(130)
+
+
 # --- sentences ----------------------------------------------------------------------------------------------------
 def glue_sentences(task: str, n: int, data_dir: str | Path, seed: int = 0, *, split: str = "dev",
                    min_words: int = 0, max_words: int | None = None) -> list[str]:

@@ -192,4 +192,4 @@ def threshold(rows: list[dict], target: float, model: str, init: str) -> dict[st
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)

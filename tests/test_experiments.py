@@ -173,3 +173,11 @@ def test_reproduce_script_runs_every_result() -> None:
     assert scripts == set(SCRIPTS)
     assert [s for s in [*scripts, "claims"] if s not in text] == []  # claims: last, over every table
     assert subprocess.run(["bash", "-n", str(ROOT / "experiments" / "reproduce.sh")]).returncode == 0
+
+
+def test_a_script_given_bad_input_says_so_in_one_line_with_exit_2(tmp_path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "table4_init.py"), "--data-dir",
+                           str(tmp_path / "no-glue"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "no-glue" in done.stderr and "Traceback" not in done.stderr
