@@ -55,7 +55,12 @@ class GroundTruth:
 
 @dataclass
 class Reconstruction:
-    """An attack's output for one batch. ``trajectory`` holds its decoded guesses at checkpoints (for Recover Rate)."""
+    """An attack's output for one batch. ``trajectory`` holds its decoded guesses at checkpoints (for Recover Rate).
+
+    ``certified[i]``: sequence i is *certified*, i.e. the recovered batch reproduces the observed gradient within
+    the published error bound plus float32 rounding (:func:`adversary.distance.reproduces`); False means it is a
+    guess, however good. Default all False: only the reproduction test may say True.
+    """
 
     texts: list[str]
     token_ids: list[list[int]]
@@ -66,6 +71,11 @@ class Reconstruction:
     trajectory: list[list[list[int]]] = field(default_factory=list)
     loss_curve: list[float] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    certified: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.certified) != len(self.token_ids):
+            self.certified = [False] * len(self.token_ids)
 
 
 def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase, *,

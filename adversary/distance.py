@@ -8,8 +8,13 @@ weighted L1, the global cosine, LAMP's per-layer cosine. Each works on the whole
 
 The candidate yardstick (:func:`candidate_distance`) judges a batch of *token ids*: 1 - cosine of the gradient it
 produces against the observed one, over every observed tensor (word embeddings included), in float64. `best`
-picks among attacks with it (their own losses are not comparable) and `span` certifies a batch with it. Cosine,
-not L2, so that clipping (a rescaled gradient) does not change the ranking. Only the observation is read.
+picks among attacks with it (their own losses are not comparable). Cosine, not L2, so that clipping (a rescaled
+gradient) does not change the ranking. Only the observation is read.
+
+The reproduction test (:func:`reproduces`), the one place that may call a reconstruction *certified*: the batch's
+lengths match the public ones when given, and its yardstick distance is below :func:`reproduction_tolerance`
+(float32 rounding plus the published error bound ``Observation.gradient_error``). `span` (B = 1 and B > 1), `best`
+and the registry (for every other attack) all use it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from adversary.case import Observation
-from fedsim.core.train import batch_gradients
+from fedsim.core.train import EPS32, batch_gradients
 
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
@@ -221,3 +226,32 @@ def candidate_distance(observation: Observation, token_ids: Sequence[Sequence[in
             or any(len(q) == 0 for q in token_ids)):
         return math.inf
     return batch_cosine_distance(observation, candidate_batch(observation, token_ids, labels, segments))
+
+
+def relative_error(obs: Observation) -> float:
+    """||E|| / ||G|| over the whole gradient: 1 - cos(G + E, G) is at most about half its square."""
+    if not obs.gradient_error:
+        return 0.0
+    norm = math.sqrt(sum(float(g.double().square().sum()) for g in obs.gradients.values()))
+    return obs.error_of(list(obs.gradients)) / max(norm, 1e-300)
+
+
+def reproduction_tolerance(observation: Observation) -> float:
+    """The largest yardstick distance an exact batch can show: float32 rounding plus the published error."""
+    return EPS32 + relative_error(observation) ** 2
+
+
+def reproduces(observation: Observation, token_ids: Sequence[Sequence[int]], labels: Sequence[int],
+               segments: Sequence[Sequence[int]] | None = None) -> tuple[bool, float]:
+    """The reproduction test (module doc): (passed, distance). A batch whose lengths differ from the public
+    ``seq_lengths`` (compared as a multiset: an attack may return the sequences in another order) fails."""
+    distance = candidate_distance(observation, token_ids, labels, segments)
+    return passes(observation, token_ids, distance), distance
+
+
+def passes(observation: Observation, token_ids: Sequence[Sequence[int]], distance: float) -> bool:
+    """The verdict of :func:`reproduces` for a yardstick ``distance`` already computed (by `best`, say)."""
+    if observation.seq_lengths is not None and \
+            sorted(len(q) for q in token_ids) != sorted(int(n) for n in observation.seq_lengths):
+        return False
+    return bool(distance < reproduction_tolerance(observation))

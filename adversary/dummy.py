@@ -7,7 +7,7 @@ fixed by the tokenizer's format once the lengths are known, so only the content 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -15,7 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from fedsim.core.errors import UsageError, parse_float, parse_spec
 
-INIT_ACCEPTED = "normal (std of the word embeddings), normal:STD, uniform:RANGE, constant:VALUE"
+INIT_ACCEPTED = ("normal (std of the word embeddings), normal:STD, uniform:RANGE, constant:VALUE, "
+                 "tokens:IDS (a warm start, see warm_spec)")
+WARM = "tokens"
 
 
 @dataclass
@@ -113,8 +115,12 @@ class Decoder:
 
 
 def parse_dummy_init(spec: str) -> tuple[str, float | None]:
-    """``normal`` (scale taken from the word embeddings), ``normal:STD``, ``uniform:R`` or ``constant:V``."""
+    """``normal`` (scale taken from the word embeddings), ``normal:STD``, ``uniform:R``, ``constant:V``, or
+    ``tokens:IDS`` (checked by :func:`parse_warm`; its random part is plain ``normal``)."""
     kind, value = parse_spec(spec, "dummy init", INIT_ACCEPTED)
+    if kind == WARM:
+        parse_warm(spec)
+        return kind, None
     if kind == "normal" and value is None:
         return kind, None
     if kind in ("normal", "uniform", "constant") and value is not None:
@@ -126,17 +132,96 @@ def parse_dummy_init(spec: str) -> tuple[str, float | None]:
 
 
 def init_dummy(spec: str, shape: tuple[int, ...], embedding: torch.Tensor, allowed: torch.Tensor,
-               generator: torch.Generator) -> torch.Tensor:
+               generator: torch.Generator, start_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Starting point of the dummy embeddings. Plain ``normal`` matches the scale of real token embeddings,
-    which NOTES found to matter more than anything else for TAG."""
+    which NOTES found to matter more than anything else for TAG. ``start_ids`` (B, L), from :func:`apply_warm`:
+    where >= 0, the dummy starts at that token's embedding instead (the random draw is made all the same, so a
+    seed gives the same random part with or without a warm start)."""
     kind, value = parse_dummy_init(spec)
     dtype = embedding.dtype
     if kind == "constant":
-        return torch.full(shape, float(value), dtype=dtype)
-    if kind == "uniform":
-        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * value
-    std = value if value is not None else float(embedding.detach()[allowed].std())
-    return torch.randn(shape, generator=generator, dtype=dtype) * std
+        dummy = torch.full(shape, float(value), dtype=dtype)
+    elif kind == "uniform":
+        dummy = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * value
+    else:
+        std = value if value is not None else float(embedding.detach()[allowed].std())
+        dummy = torch.randn(shape, generator=generator, dtype=dtype) * std
+    if start_ids is not None:
+        known = start_ids >= 0
+        dummy[known] = embedding.detach()[start_ids[known]].to(dtype)
+    return dummy
+
+
+# --- warm start: begin where another attack (span) got to --------------------------------------------------------
+@dataclass(frozen=True)
+class WarmStart:
+    """Token ids to start from, per sequence (special tokens included; None where unknown), and which sequences
+    are ``pinned``: taken as known facts (fixed positions), so the optimisation only works on the others."""
+
+    sequences: tuple[tuple[int | None, ...], ...]
+    pinned: tuple[bool, ...]
+
+
+def warm_spec(token_ids: Sequence[Sequence[int | None]], pinned: int = 0) -> str:
+    """The ``tokens:`` init spec for a start at ``token_ids`` with its first ``pinned`` sequences fixed. It is a
+    string so that every engine attack's existing ``init`` option carries it: ``tokens:=101,7,102/101,?,102``
+    (sequences split by ``/``, ``=`` marks a pinned one, ``?`` an unknown position)."""
+    parts = [("=" if k < pinned else "") + ",".join("?" if t is None else str(int(t)) for t in seq)
+             for k, seq in enumerate(token_ids)]
+    return f"{WARM}:" + "/".join(parts)
+
+
+def parse_warm(spec: str) -> WarmStart:
+    """The :class:`WarmStart` a ``tokens:`` spec describes (:func:`warm_spec`); a malformed one is a usage error
+    naming the bad item."""
+    kind, value = parse_spec(spec, "dummy init", INIT_ACCEPTED)
+    if kind != WARM or value is None:
+        raise UsageError(f"not a warm-start init {spec[:60]!r}; accepted: tokens:IDS (adversary.dummy.warm_spec)")
+    sequences, pinned = [], []
+    for part in value.split("/"):
+        pin = part.startswith("=")
+        items = [t.strip() for t in part.removeprefix("=").split(",") if t.strip()]
+        try:
+            ids = tuple(None if t == "?" else int(t) for t in items)
+        except ValueError:
+            raise UsageError(f"bad warm-start sequence {part[:60]!r} in the dummy init: expected token ids separated "
+                             f"by ',' ('?' for unknown); accepted: {INIT_ACCEPTED}") from None
+        if any(t is not None and t < 0 for t in ids):
+            raise UsageError(f"bad warm-start sequence {part[:60]!r}: token ids are >= 0; accepted: {INIT_ACCEPTED}")
+        sequences.append(ids)
+        pinned.append(pin)
+    return WarmStart(tuple(sequences), tuple(pinned))
+
+
+def apply_warm(warm: WarmStart, layout: Layout, allowed: torch.Tensor) -> tuple[Layout, torch.Tensor]:
+    """The layout with the pinned sequences made fixed, and the (B, L) start ids of :func:`init_dummy` (-1: random).
+
+    Each warm sequence goes to the first unused row of its own length (pinned ones first), else, unpinned, to the
+    first unused row; a pinned sequence is fixed only where it fits its row exactly (same length, every id known,
+    agreeing with the row's special tokens), else it is a start like the others. A start id outside ``allowed``
+    (a special token) is left random: the answer could not decode to it."""
+    bsz, width = layout.shape
+    fixed, free = layout.fixed_ids.clone(), layout.free.clone()
+    start = torch.full((bsz, width), -1, dtype=torch.long)
+    vocab, used = allowed.numel(), set()
+    order = sorted(range(len(warm.sequences)), key=lambda k: not warm.pinned[k])
+    for k in order:
+        seq = warm.sequences[k]
+        rows = [r for r in range(bsz) if r not in used]
+        if not rows or not seq or any(t is not None and t >= vocab for t in seq):
+            continue
+        same = [r for r in rows if layout.lengths[r] == len(seq)]
+        row = (same or rows)[0]
+        used.add(row)
+        n = min(len(seq), layout.lengths[row])
+        ids = torch.tensor([-1 if t is None else t for t in seq[:n]], dtype=torch.long)
+        fits = bool(same) and None not in seq and bool((ids[~free[row, :n]] == fixed[row, :n][~free[row, :n]]).all())
+        if warm.pinned[k] and fits:
+            fixed[row, :n], free[row, :n] = ids, False
+            continue
+        usable = free[row, :n] & (ids >= 0) & allowed[ids.clamp_min(0)]
+        start[row, :n] = torch.where(usable, ids, start[row, :n])
+    return replace(layout, fixed_ids=fixed, free=free), start
 
 
 def embedding_range(embedding: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

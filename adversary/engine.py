@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from adversary.case import Observation, Reconstruction
-from adversary.dummy import Decoder, Layout, allowed_tokens, build_layout, embedding_range, init_dummy
+from adversary.dummy import (WARM, Decoder, Layout, allowed_tokens, apply_warm, build_layout, embedding_range,
+                             init_dummy, parse_dummy_init, parse_warm)
 from adversary.labels import recover_labels
 from adversary.distance import Distance, GradientTarget, squared_l2
 from adversary.optim import OptimizerSpec
@@ -36,6 +37,8 @@ class MatchConfig:
     ``labels``: ``joint`` optimises soft labels with the dummy (DLG, TAG); ``analytic`` fixes them from the
     classifier's gradient; ``joint-analytic`` optimises them starting from the analytic guess.
     ``clamp`` keeps the dummy inside the per-dimension range of the real word embeddings after each step.
+    ``init``: a dummy init spec (:func:`adversary.dummy.parse_dummy_init`); ``tokens:IDS`` is a warm start from
+    another attack's answer (:func:`adversary.dummy.warm_spec`: its pinned sequences become fixed positions).
     ``keep``: the final iterate (``last``) or the one with the lowest distance (``best``).
     ``regularizer(embeds, logits) -> scalar`` is added to the distance (e.g. LAMP's embedding-norm prior).
     """
@@ -81,6 +84,7 @@ class GradientMatcher:
         if config.keep not in ("last", "best"):
             raise UsageError(f"unknown keep rule {config.keep!r}; accepted: last, best")
         self.started = time.perf_counter()  # the runtime metric counts set-up as well
+        self.deadline = math.inf  # perf_counter() value set by run(); long hooks (discrete moves) check it too
         self.observation, self.config = observation, config
         model = observation.model
         self.model = model
@@ -93,6 +97,9 @@ class GradientMatcher:
             raise UsageError(f"{len(lengths)} sequence lengths given for a batch of {observation.batch_size}")
         self.layout: Layout = build_layout(observation.tokenizer, lengths, observation.segment_ids)
         self.allowed = allowed_tokens(observation.tokenizer, self.embedding)
+        self.start_ids: torch.Tensor | None = None  # a warm start (``tokens:`` init): ids to begin from, -1 random
+        if parse_dummy_init(config.init)[0] == WARM:  # pinned sequences become fixed positions of the layout
+            self.layout, self.start_ids = apply_warm(parse_warm(config.init), self.layout, self.allowed)
         self.decoder = Decoder(self.embedding, self.allowed, config.decode)
         with torch.no_grad():
             self.fixed_embeds = self.embedding[self.layout.fixed_ids].detach()
@@ -106,7 +113,8 @@ class GradientMatcher:
     def _initial_state(self) -> MatchState:
         cfg, (bsz, width) = self.config, self.layout.shape
         shape = (bsz, width, self.embedding.shape[1])
-        dummy = init_dummy(cfg.init, shape, self.embedding, self.allowed, self.generator).requires_grad_()
+        dummy = init_dummy(cfg.init, shape, self.embedding, self.allowed, self.generator,
+                           self.start_ids).requires_grad_()
         classes = self.observation.num_labels
         known = self.analytic_labels
         if cfg.labels == "analytic" and known is not None:
@@ -146,7 +154,7 @@ class GradientMatcher:
         config's ``keep`` rule as after a full run."""
         if iterations < 1:
             raise UsageError(f"iterations must be positive, got {iterations}")
-        deadline = math.inf if seconds is None else self.started + seconds
+        deadline = self.deadline = math.inf if seconds is None else self.started + seconds
         cfg, state = self.config, self.state
         variables = [state.dummy] + ([state.label_logits] if state.label_logits is not None else [])
         optimizer, scheduler = cfg.optimizer.build(variables, iterations)

@@ -27,11 +27,13 @@ What LAMP adds to TAG, each piece here:
 
 ``budget.iterations`` counts continuous steps; the discrete moves come on top (``info["discrete_evaluations"]``, each
 one forward/backward without a second-order graph, about a third of a step's cost). ``budget.seconds`` stops
-the continuous loop (and with it the discrete steps it drives) at the deadline.
+the random starts, the continuous loop and the discrete steps it drives at the deadline.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -114,9 +116,10 @@ def restrict_vocabulary(matcher: GradientMatcher, observation: Observation, sigm
 
 
 @torch.no_grad()
-def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> float:
+def choose_start(matcher: GradientMatcher, tries: int, target_norm: float, deadline: float = math.inf) -> float:
     """LAMP's initialisation: the best of ``tries`` random starts, then of ``tries`` random orders of it, each
-    rescaled to the target norm per position. Returns the chosen start's distance."""
+    rescaled to the target norm per position; no more tries past ``deadline`` (perf_counter). Returns the chosen
+    start's distance."""
     dummy, free = matcher.state.dummy, matcher.layout.free
     std = float(dummy.detach().std()) or 1.0
 
@@ -130,10 +133,14 @@ def choose_start(matcher: GradientMatcher, tries: int, target_norm: float) -> fl
     best = rescale(dummy.detach().clone())
     best_value = value(best)
     for _ in range(max(tries - 1, 0)):
+        if time.perf_counter() > deadline:
+            break
         x = rescale(torch.randn(dummy.shape, generator=matcher.generator, dtype=dummy.dtype) * std)
         if (v := value(x)) < best_value:
             best, best_value = x, v
     for _ in range(max(tries - 1, 0)):
+        if time.perf_counter() > deadline:
+            break
         x = best.clone()
         for b in range(x.shape[0]):
             pos = free[b].nonzero().flatten()
@@ -203,7 +210,7 @@ def lamp(observation: Observation, budget: Budget, seed: int, options: LampOptio
             usable_tensors = (~structural_zeros(matcher)).double()
             weights = signal_weights(matcher.target.tensors, sigma) * usable_tensors
             cosine.weights = (weights if bool(weights.sum() > 0) else usable_tensors).float()
-        start_distance = choose_start(matcher, o.init_candidates, prior.target)
+        start_distance = choose_start(matcher, o.init_candidates, prior.target, budget.deadline(matcher.started))
     discrete = DiscreteMoves(o.discrete_every, o.candidates, start=max(1, int(o.burn_in * iterations)),
                              last=iterations, seed=seed, kinds=o.moves,
                              vocabulary=matcher.allowed.nonzero().flatten() if vocabulary < usable else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections import Counter
 from typing import Sequence
 
@@ -108,6 +109,8 @@ class DiscreteMoves:
             row = ids[b, positions].tolist()
             seen, best, best_edit = {tuple(row)}, current, None
             for k in range(self.candidates if candidates is None else candidates):
+                if time.perf_counter() > matcher.deadline:  # the attack's time budget (GradientMatcher.run)
+                    break
                 kind = self.kinds[k % len(self.kinds)]
                 if kind == "replace" and n >= 1:
                     edit = (None, self.replacement(row, ids[free].tolist()))

@@ -11,6 +11,8 @@ class (a frozen :class:`~adversary.options.AttackOptions` dataclass whose defaul
     def mine(observation: Observation, budget: Budget, seed: int, options: MineOptions) -> Reconstruction: ...
 
 The registry calls attacks by keyword (``budget=``, ``seed=``, ``options=``), so they must use those names.
+It then fills ``Reconstruction.certified`` with the reproduction test (:func:`adversary.distance.reproduces`, one
+forward/backward) unless the attack was registered with ``certifies=True`` (it runs that test itself: span, best).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from adversary.case import Observation, Reconstruction
+from adversary.distance import reproduces
 from adversary.options import AttackOptions, Budget, NoOptions, options_from
 from fedsim.core.errors import UsageError
 
@@ -35,6 +38,7 @@ class RegisteredAttack:
     name: str
     fn: AttackFn
     options_type: type[AttackOptions]
+    certifies: bool = False  # the attack fills Reconstruction.certified itself
 
     def options(self, overrides: Mapping[str, Any] | AttackOptions | None = None) -> AttackOptions:
         """Typed options from a plain dict of overrides (or checked, if already typed)."""
@@ -49,16 +53,23 @@ class RegisteredAttack:
                  options: Mapping[str, Any] | AttackOptions | None = None) -> Reconstruction:
         if not isinstance(budget, Budget):
             raise UsageError(f"attack {self.name!r} needs a Budget, got {budget!r}")
-        return self.fn(observation, budget=budget, seed=seed, options=self.options(options))
+        rec = self.fn(observation, budget=budget, seed=seed, options=self.options(options))
+        if not self.certifies and any(rec.token_ids):
+            passed, distance = reproduces(observation, rec.token_ids, rec.labels)
+            rec.certified = [passed] * len(rec.token_ids)
+            rec.info.setdefault("reproduction_distance", distance)
+        return rec
 
 
 ATTACKS: dict[str, RegisteredAttack] = {}
 
 
-def register(name: str, options: type[AttackOptions] = NoOptions) -> Callable[[AttackFn], AttackFn]:
-    """Register ``fn`` under ``name`` with its options class; the function itself is returned unchanged."""
+def register(name: str, options: type[AttackOptions] = NoOptions, *,
+             certifies: bool = False) -> Callable[[AttackFn], AttackFn]:
+    """Register ``fn`` under ``name`` with its options class; the function itself is returned unchanged.
+    ``certifies``: the attack runs the reproduction test itself (else the registry does, after it returns)."""
     def deco(fn: AttackFn) -> AttackFn:
-        ATTACKS[name] = RegisteredAttack(name, fn, options)
+        ATTACKS[name] = RegisteredAttack(name, fn, options, certifies)
         return fn
     return deco
 

@@ -1,101 +1,56 @@
-"""Measure the `span` attack: ROUGE, exact match and time per sentence on GLUE sentences.
+"""Alias of ``experiments/bench_batch.py`` for `span` on random GLUE sentences (one model, one batch size).
 
     python experiments/bench_span.py --model tinybert4 --init normal:0.02 --batch-size 1 --sentences 20
 
-Sentences are drawn at random (``--seed``) from the split; each batch is one FedSGD gradient of the model at its
-initial weights. The last line printed is one JSON object with the means. Seconds are wall time of the attack
-alone; CPU seconds (this process, all its threads) tell what it costs when other jobs share the machine.
+is ``bench_batch.py --models tinybert4 --init normal:0.02 --batch-sizes 1 --kinds random --batches 20 --method
+span --out experiments/results/bench_span`` (its own default directory, so it never overwrites bench_batch's);
+``--budget`` is ``--iterations``; every other option is bench_batch's (``--time-budget``, ``--out``, ``--resume``,
+``--public-lengths``...). Kept so that the commands quoted in the README still run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import random
-import time
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
-import torch
+if __package__ in (None, ""):  # run as python experiments/NAME.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adversary.case import GroundTruth, Observation
-from adversary.options import Budget
-from adversary.registry import get_attack
-from adversary.span import SpanOptions
-from fedsim.core.data import load_task
-from adversary.metrics import score as metrics_score
-from fedsim.core.models import build_model
-from fedsim.core.text import decode, load_tokenizer, make_batch
-from fedsim.core.train import batch_gradients
+from experiments import bench_batch, common  # noqa: E402
+from fedsim.core.errors import UsageError  # noqa: E402
 
 
-def score(reconstruction, truth: GroundTruth) -> dict:
-    """adversary.metrics.score (pairs references with reconstructions), plus the exact-sentence rate."""
-    result = metrics_score(reconstruction, truth)
-    pairing = result["assignment"]
-    exact = [j is not None and j < len(reconstruction.texts) and reconstruction.texts[j] == t
-             for t, j in zip(truth.texts, pairing)]
-    return {"rouge1": result["rouge1"], "rouge2": result["rouge2"], "rougeL": result["rougeL"],
-            "exact": sum(exact) / len(exact)}
+def translate(argv: Sequence[str] | None) -> list[str]:
+    """bench_span's options as bench_batch's."""
+    p = bench_batch.Parser(add_help=False)
+    p.add_argument("--model", default="tinybert4")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--sentences", type=int, default=20, help="sentences in all (rounded up to whole batches)")
+    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--task", default="cola", choices=["cola"])
+    p.add_argument("--split", default="dev", choices=["dev"])
+    known, rest = p.parse_known_args(argv)
+    if known.batch_size <= 0 or known.sentences <= 0:
+        raise UsageError(f"--batch-size and --sentences must be positive, got {known.batch_size} and "
+                                f"{known.sentences}")
+    given = any(a == "--out" or a.startswith("--out=") for a in rest)
+    out = [] if given else ["--out", str(common.RESULTS / "bench_span")]
+    return ["--models", known.model, "--batch-sizes", str(known.batch_size), "--kinds", "random", "--batches",
+            str(-(-known.sentences // known.batch_size)), "--method", "span",
+            *(["--iterations", str(known.budget)] if known.budget is not None else []), *out, *rest]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tinybert4")
-    ap.add_argument("--init", default="normal:0.02")
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--sentences", type=int, default=20, help="sentences in all (rounded up to whole batches)")
-    ap.add_argument("--task", default="cola")
-    ap.add_argument("--split", default="dev")
-    ap.add_argument("--data-dir", default="../shared/glue")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--public-lengths", action="store_true", help="give the attack the sequence lengths")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget", type=int, default=None, help="span's most linker descents per batch (default: 64 x B)")
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    tokenizer = load_tokenizer()
-    data = load_task(args.task, args.split, data_dir=args.data_dir).dataset
-    model = build_model(args.model, args.init, num_labels=2, seed=args.seed)
-    attack = get_attack("span")
-    order = list(range(len(data)))
-    random.Random(args.seed).shuffle(order)
-    batches = -(-args.sentences // args.batch_size)
-    rows, total_seconds, total_cpu, passed = [], 0.0, 0.0, 0
-    for b in range(batches):
-        picked = [data[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]]
-        batch = make_batch(tokenizer, [r["text"] for r in picked], [r["label"] for r in picked],
-                           max_length=args.max_length)
-        gradients = batch_gradients(model, batch)
-        lengths = [int(n) for n in batch["attention_mask"].sum(1)]
-        ids = [batch["input_ids"][i, :n].tolist() for i, n in enumerate(lengths)]
-        truth = GroundTruth([decode(tokenizer, q) for q in ids], ids, batch["labels"].tolist())
-        obs = Observation(model, gradients, len(picked), tokenizer,
-                          seq_lengths=lengths if args.public_lengths else None)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        most = args.budget if args.budget is not None else 64 * len(picked)
-        rec = attack(obs, Budget(most), args.seed, SpanOptions(max_descents=args.budget))
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        total_cpu += cpu_seconds
-        total_seconds += seconds
-        passed += bool(rec.info.get("span_check_passed"))
-        row = {**score(rec, truth), "seconds": seconds, "passed": rec.info.get("span_check_passed"),
-               "certified": rec.info.get("certified_sequences"), "descents": rec.info.get("descents")}
-        rows.append(row)
-        print(json.dumps({"batch": b, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}}),
-              flush=True)
-    n = len(rows)
-    summary = {"model": args.model, "init": args.init, "batch_size": args.batch_size, "batches": n,
-               "sentences": n * args.batch_size, "public_lengths": args.public_lengths,
-               **{k: sum(r[k] for r in rows) / n for k in ("rouge1", "rouge2", "rougeL")},
-               "exact_match": sum(r["exact"] for r in rows) / n,
-               "seconds_per_sentence": total_seconds / (n * args.batch_size),
-               "cpu_seconds_per_sentence": total_cpu / (n * args.batch_size),
-               "span_check_passed_rate": passed / n, "threads": args.threads,
-               "load_average_at_end": os.getloadavg()[0]}
-    print(json.dumps(summary))
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run bench_batch with the translated options."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return bench_batch.main(["--help"])
+    return bench_batch.main(translate(argv))
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)

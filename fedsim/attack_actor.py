@@ -1,28 +1,33 @@
 """Where reconstruction jobs run: a Ray actor next to the federation (GPU when visible), or inline.
 
-A job is attack-then-score: ``adversary.run_attack(method, observation)`` sees only the Observation; the
-GroundTruth arrives as a separate argument (the scoring channel) and is used only by ``adversary.metrics.score``
-after the attack has returned. A job that raises becomes a record with ``error``: the federation never stops for it.
+A job is attack, then score, in two places. The actor (or the inline attacker) runs :func:`attack_job`: it gets
+the job and the :class:`~adversary.case.Observation` only, and returns the :class:`~adversary.case.Reconstruction`
+with timing and device facts. The GroundTruth never leaves the server process: the attacker keeps it beside the
+job at submission, and :func:`score_result` scores the returned reconstruction there when it is collected
+(``poll``/``drain``), with the special-token ids of the server's tokenizer. A job that raises becomes a record
+with ``error``: the federation never stops for it.
 
 Both attackers share one interface (:class:`Attacker`), which :class:`fedsim.strategies.CuriousServer` drives
-through the run: ``submit(job, observation, truth)`` (non-blocking for Ray), ``poll(timeout)`` (the records
-finished so far, waiting at most ``timeout`` seconds), ``pending``, ``drain(timeout, reason)`` (wait for the rest,
-at most ``timeout`` seconds; what is still running then becomes an error record; then close) and ``close()``.
+through the run: ``submit(job, observation, truth)`` (non-blocking for Ray; ``truth`` stays here), ``poll(timeout)``
+(the records finished so far, scored, waiting at most ``timeout`` seconds), ``pending``, ``drain(timeout,
+reason)`` (wait for the rest, at most ``timeout`` seconds; what is still running then becomes an error record;
+then close) and ``close()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Collection, Protocol
 
 import ray
 import torch
 
-from adversary import Budget, run_attack
-from adversary.metrics import score
+from adversary import Budget, Reconstruction, run_attack
+from adversary.metrics import score, special_ids_of
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Job:
     method: str
     iterations: int
     seed: int
+    seconds: float | None = None  # the attack's wall-clock budget (--attack-time-budget); None: iterations only
 
 
 class Attacker(Protocol):
@@ -49,27 +55,51 @@ class Attacker(Protocol):
     def pending(self) -> int: ...
 
 
-def run_job(job: Job, observation, truth) -> dict[str, Any]:
-    """Attack one update, then score it against the ground truth. Never raises."""
+SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct", "token_precision",
+              "token_f1", "rouge1_random_pairing", "certified_share")
+
+
+def attack_job(job: Job, observation) -> dict[str, Any]:
+    """The actor's side: attack one update (no ground truth here). Never raises. The result holds the
+    Reconstruction under ``"result"`` (or ``error``), and ``seconds``."""
     start = time.perf_counter()
-    record: dict[str, Any] = {"round": job.round, "client": job.client, "method": job.method,
-                              "reference": list(truth.texts) if truth is not None else None}
+    out: dict[str, Any] = {"round": job.round, "client": job.client, "method": job.method}
     try:
-        reconstruction = run_attack(job.method, observation, Budget(job.iterations), seed=job.seed)  # no truth here
-        record["reconstruction"] = list(reconstruction.texts)
-        if truth is None:
-            raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")
-        scores = score(reconstruction, truth)
-        for key in ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct"):
-            record[key] = scores.get(key)
-        record["iterations"] = reconstruction.iterations
-        record["gradient_distance"] = reconstruction.gradient_distance
+        out["result"] = run_attack(job.method, observation, Budget(job.iterations, job.seconds), seed=job.seed)
     except Exception as exc:  # noqa: BLE001 - a failed attack is a result, not a crash
-        record.setdefault("reconstruction", None)
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=6)
-    record["seconds"] = time.perf_counter() - start
-    return record
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["traceback"] = traceback.format_exc(limit=6)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def score_result(result: dict[str, Any], truth, special_ids: Collection[int] | None) -> dict[str, Any]:
+    """The server's side: the leakage record of an attack result (:func:`attack_job`), scored against ``truth``
+    with the server tokenizer's ``special_ids``. Never raises."""
+    result = dict(result)
+    reconstruction: Reconstruction | None = result.pop("result", None)
+    record: dict[str, Any] = {"round": result.pop("round"), "client": result.pop("client"),
+                              "method": result.pop("method"),
+                              "reference": list(truth.texts) if truth is not None else None,
+                              "reconstruction": list(reconstruction.texts) if reconstruction is not None else None}
+    if reconstruction is not None and "error" not in result:
+        record["certified"] = list(reconstruction.certified)  # per sequence: reproduces the gradient
+        try:
+            if truth is None:
+                raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")
+            scores = score(reconstruction, truth, special_ids)
+            record.update({key: scores.get(key) for key in SCORE_KEYS})
+            record["iterations"] = reconstruction.iterations
+            record["gradient_distance"] = reconstruction.gradient_distance
+        except Exception as exc:  # noqa: BLE001 - recorded like a failed attack
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            result["traceback"] = traceback.format_exc(limit=6)
+    return {**record, **result}
+
+
+def run_job(job: Job, observation, truth) -> dict[str, Any]:
+    """Attack then score in this process (tests, scripts): :func:`attack_job` then :func:`score_result`."""
+    return score_result(attack_job(job, observation), truth, special_ids_of(observation.tokenizer))
 
 
 def error_record(job: Job, message: str) -> dict[str, Any]:
@@ -93,10 +123,12 @@ class InlineAttacker:
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
+        special = special_ids_of(observation.tokenizer)
         try:
-            self._done.append(run_job(job, observation, truth))
+            result = attack_job(job, observation)
         finally:
             torch.set_num_threads(previous)
+        self._done.append(score_result(result, truth, special))
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         done, self._done = self._done, []
@@ -125,15 +157,19 @@ class _AttackWorker:
                 pass
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    def run(self, job: Job, observation, truth) -> dict[str, Any]:
+    def run(self, job: Job, observation) -> dict[str, Any]:
+        """Attack only (:func:`attack_job`); the ground truth never comes here."""
         if self.device == "cpu":
-            return {**run_job(job, observation, truth), "device": "cpu"}
-        record = run_job(job, _to(observation, self.device), truth)
-        if "error" not in record:
-            return {**record, "device": self.device}
-        # An attack that cannot run on the GPU (tensors made on the CPU) still gets its answer, on the CPU.
-        retry = run_job(job, _to(observation, "cpu"), truth)
-        return {**retry, "device": "cpu", "gpu_error": record["error"]}
+            return {**attack_job(job, observation), "device": "cpu"}
+        result = attack_job(job, _to(observation, self.device))
+        if "error" not in result:
+            return {**result, "device": self.device}
+        # An attack that cannot run on the GPU (tensors made on the CPU) still gets its answer, on the CPU,
+        # within what is left of its time budget (at least a second, to answer at all).
+        if job.seconds is not None:
+            job = dataclasses.replace(job, seconds=max(job.seconds - result["seconds"], 1.0))
+        retry = attack_job(job, _to(observation, "cpu"))
+        return {**retry, "device": "cpu", "gpu_error": result["error"]}
 
     def device_name(self) -> str:
         return self.device
@@ -165,6 +201,7 @@ class RayAttacker:
         self.num_gpus, self.num_cpus, self.threads = num_gpus, num_cpus, threads
         self._actor = None
         self._pending: dict[Any, Job] = {}
+        self._truths: dict[Any, tuple[Any, frozenset[int]]] = {}  # per job: (truth, special ids), kept here
         self._failed: list[dict] = []  # jobs that could not even be submitted
 
     @property
@@ -187,11 +224,12 @@ class RayAttacker:
 
     def submit(self, job: Job, observation, truth) -> None:
         try:
-            ref = self._get_actor().run.remote(job, observation, truth)  # returns at once; arguments copied now
+            ref = self._get_actor().run.remote(job, observation)  # returns at once; no truth goes to the actor
         except Exception as exc:  # noqa: BLE001 - recorded, the federation goes on
             self._failed.append(error_record(job, f"not submitted: {type(exc).__name__}: {exc}"))
             return
         self._pending[ref] = job
+        self._truths[ref] = (truth, special_ids_of(observation.tokenizer))
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         failed, self._failed = self._failed, []
@@ -209,6 +247,7 @@ class RayAttacker:
         for ref, job in list(self._pending.items()):
             records.append(error_record(job, reason))
             del self._pending[ref]
+            self._truths.pop(ref, None)
         self.close()
         return _order(records)
 
@@ -222,10 +261,12 @@ class RayAttacker:
 
     def _collect(self, ref) -> dict:
         job = self._pending.pop(ref)
+        truth, special = self._truths.pop(ref, (None, None))
         try:
-            return ray.get(ref)
+            result = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - the actor died, or Ray failed: still a record
             return error_record(job, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return score_result(result, truth, special)  # here, in the server process
 
 
 def make_attacker(backend: str, gpus: str = "auto", threads: int = 0) -> Attacker:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from adversary.case import GroundTruth, Reconstruction, observe
-from adversary.metrics import score
+from adversary.metrics import score, special_ids_of
 from adversary.options import Budget
 from adversary.registry import get_attack
 from defenses import build_gradient_fn
@@ -29,6 +29,7 @@ from fedsim.results import RunDir
 from fedsim.settings import AttackJob
 
 METRICS = ("recover_rate", "rouge1", "rouge2", "rougeL", "token_accuracy", "label_correct")
+HONEST = ("token_precision", "token_f1", "rouge1_random_pairing", "certified_share")  # issue #11: adversary.metrics doc
 DEFAULT_DATASET_SAMPLES = 10
 
 
@@ -121,16 +122,18 @@ def iter_attacks(prepared: Prepared,
                            examples.pairs[start:stop] if examples.pairs else None, max_length=job.max_length)
         observation, truth = observe(model, batch, tokenizer, gradient_fn=prepared.gradient_fn,
                                      public_lengths=job.public_lengths)
-        reconstruction = prepared.attack(observation, Budget(job.iterations), batch_seed(job.seed, index),
+        budget = Budget(job.iterations, job.attack_time_budget)  # seconds per batch; None: iterations alone
+        reconstruction = prepared.attack(observation, budget, batch_seed(job.seed, index),
                                          prepared.attack.options(job.attack_options))
         if on_attack is not None:
             on_attack(reconstruction, truth)
-        scores = score(reconstruction, truth)
+        scores = score(reconstruction, truth, special_ids_of(tokenizer))
         yield {
             "method": job.method, "model": job.model, "init": job.init, "dataset": examples.source,
             "split": None if job.text_file else job.split, "batch": index, "batch_size": len(truth.texts),
             "reference": truth.texts, "reconstruction": reconstruction.texts,
             **{k: scores[k] for k in METRICS}, "analytic_label_correct": scores["analytic_label_correct"],
+            **{k: scores[k] for k in HONEST}, "certified": list(reconstruction.certified),
             "labels": truth.labels, "predicted_labels": reconstruction.labels,
             "analytic_labels": reconstruction.info.get("analytic_labels"),
             "gradient_distance": reconstruction.gradient_distance, "seconds": reconstruction.seconds,
@@ -140,7 +143,7 @@ def iter_attacks(prepared: Prepared,
 
 def summarize(records: list[dict], job: AttackJob, wall_seconds: float) -> dict:
     """Means of the numeric fields, the count of batches, total attack seconds, and the job's settings."""
-    numeric = [*METRICS, "analytic_label_correct", "gradient_distance", "seconds", "iterations"]
+    numeric = [*METRICS, "analytic_label_correct", *HONEST, "gradient_distance", "seconds", "iterations"]
     means = {}
     for key in dict.fromkeys(numeric):
         values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
@@ -206,12 +209,17 @@ def format_table(records: list[dict], summary: dict, width: int = 48) -> str:
         text = " | ".join(r["reconstruction"])
         text = text if len(text) <= width else text[: width - 3] + "..."
         lines.append(f"{r['batch']:>5} {r['rouge1']:5.3f} {r['rouge2']:5.3f} {r['rougeL']:5.3f} "
-                     f"{r['recover_rate']:7.3f} {r['token_accuracy']:6.3f} {r['label_correct']:5.2f} "
+                     f"{r['recover_rate']:7.3f} {r['token_accuracy']:6.3f} {_num(r['label_correct'])} "
                      f"{r['seconds']:7.1f}  {text}")
     lines.append("-" * len(head))
     if not records:
         return "\n".join(lines + ["no batches attacked"])
     lines.append(f"{'mean':>5} {summary['rouge1']:5.3f} {summary['rouge2']:5.3f} {summary['rougeL']:5.3f} "
-                 f"{summary['recover_rate']:7.3f} {summary['token_accuracy']:6.3f} {summary['label_correct']:5.2f} "
+                 f"{summary['recover_rate']:7.3f} {summary['token_accuracy']:6.3f} {_num(summary['label_correct'])} "
                  f"{summary['seconds_mean']:7.1f}  ({summary['count']} batches, {summary['seconds']:.1f} s total)")
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    """A 5-wide score, or n/a (label_correct is None when no sequence was paired with any overlap)."""
+    return "  n/a" if value is None else f"{value:5.2f}"

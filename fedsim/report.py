@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from fedsim.core.errors import UsageError
+from fedsim.frontier.verdict import read_verdict
 from fedsim.results import FILES, RunInfo, read_records, read_run, read_table
 
 LEAKAGE_METRICS = ("rouge1", "rouge2", "rougeL", "recover_rate")
@@ -101,16 +102,44 @@ def _render_sweep(d: Path, run: RunInfo, examples: int) -> list[str]:
     out = [f"# Defense sweep: {d}"]
     summary = run.summary or {}
     if summary.get("kind") == "sweep":
-        out += ["", f"Status {summary.get('status')}: {summary.get('rows')} of {summary.get('runs')} run(s) "
+        finished = summary.get("runs_finished", summary.get("rows"))  # "rows" counted runs before --seeds
+        seeds = f" ({len(summary['seeds'])} seed(s) per setting)" if summary.get("seeds") else ""
+        out += ["", f"Status {summary.get('status')}: {finished} of {summary.get('runs')} run(s){seeds} "
                     f"finished; {summary.get('reused', 0)} of them kept from an earlier run (--resume)."]
     if not (d / "tradeoff.csv").is_file():
         return out + ["", "No run has finished yet (no tradeoff.csv)."]
     rows = read_table(d, "tradeoff.csv")
     if not rows:
         raise UsageError(f"{d / 'tradeoff.csv'} is empty")
-    headers = list(rows[0].keys())
-    table = [[_num(r[h]) for h in headers] for r in rows]
-    return out + ["", markdown_table(headers, table)]
+    if "accuracy_mean" not in rows[0]:  # a sweep from before --seeds: its columns as they are
+        headers = list(rows[0].keys())
+        return out + ["", markdown_table(headers, [[_num(r[h]) for h in headers] for r in rows])]
+    headers = ["defense", "attack", "ε", "seeds", "accuracy (mean ± sd)", "cost, points [95% CI]",
+               "updates (failed)", "ROUGE-1 [95% CI]", "ROUGE-2 [95% CI]", "ROUGE-1, failures as 0"]
+    table = [[r["defense"], r["attack"], _num(r["epsilon"]), r["n_seeds"], _pm(r["accuracy_mean"], r["accuracy_sd"]),
+              _ci(r["accuracy_cost_points"], r["accuracy_cost_lo"], r["accuracy_cost_hi"], ".1f"),
+              f"{r['n_updates']} ({r['n_failed']})", _ci(r["rouge1_mean"], r["rouge1_lo"], r["rouge1_hi"]),
+              _ci(r["rouge2_mean"], r["rouge2_lo"], r["rouge2_hi"]), _num(r["rouge1_failures_as_zero"])]
+             for r in rows]
+    out += ["", "Accuracy: final dev accuracy, mean ± sd over seeds; its cost against `none` in points with a 95% "
+                "Welch interval. Leakage: mean over every attacked update of every seed, 95% t-interval. One row per "
+                "run: runs.csv.", "", markdown_table(headers, table)]
+    verdict = read_verdict(d)
+    if verdict.get("text"):
+        out += ["", *(f"    {line}" for line in verdict["text"])]
+    return out
+
+
+def _pm(mean: str, sd: str) -> str:
+    if mean in ("", None):
+        return ""
+    return f"{float(mean):.3f}" + ("" if sd in ("", None) else f" ± {float(sd):.3f}")
+
+
+def _ci(mean: str, lo: str, hi: str, spec: str = ".3f") -> str:
+    if mean in ("", None):
+        return ""
+    return format(float(mean), spec) + ("" if lo in ("", None) else f" [{float(lo):{spec}}, {float(hi):{spec}}]")
 
 
 def _render_experiment(d: Path, run: RunInfo, examples: int) -> list[str]:

@@ -17,16 +17,17 @@ import hashlib
 import html
 import math
 from collections import Counter
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from scipy.optimize import linear_sum_assignment
 
 from fedsim.core.errors import UsageError
 from fedsim.core.io import read_jsonl, write_private_text
+from fedsim.frontier.verdict import read_verdict
 from fedsim.results import RunDir, read_records, read_run, read_table
-from fedsim.settings import AttackJob, Settings, flag_of
+from fedsim.settings import AttackJob, Settings, command_flags
 
 PAGE_SIZE = 50
 MAX_EXAMPLES = 200
@@ -43,6 +44,7 @@ class RunView:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     table: list[dict[str, Any]] = field(default_factory=list)  # sweep rows
     plots: list[Path] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)  # a sweep's verdict.json
 
 
 def load_run(directory: str | Path) -> RunView:
@@ -55,12 +57,15 @@ def load_run(directory: str | Path) -> RunView:
     plots = sorted(p for p in d.glob("*.png") if p.is_file())
     if info.kind == "sweep":
         table = read_table(d, "tradeoff.csv") if (d / "tradeoff.csv").is_file() else []
+        # one row per run (runs.csv); a sweep from before --seeds had one run per tradeoff.csv row
+        runs = read_table(d, "runs.csv") if (d / "runs.csv").is_file() else table
         updates = []
-        for row in table:
+        for row in runs:
             run_dir = _run_dir(d, row.get("run_dir", ""))
+            seed = f" / seed {row['seed']}" if row.get("seed") not in (None, "") else ""
             for record in read_records(run_dir, "leakage.jsonl"):
-                updates.append({**record, "setting": f"{row.get('defense')} / {row.get('attack')}"})
-        return RunView("sweep", d, summary, updates, table=table, plots=plots)
+                updates.append({**record, "setting": f"{row.get('defense')} / {row.get('attack')}{seed}"})
+        return RunView("sweep", d, summary, updates, table=table, plots=plots, verdict=read_verdict(d))
     if info.kind == "simulate":
         return RunView("simulate", d, summary, read_records(d, "leakage.jsonl"), rounds=read_records(d, "rounds.jsonl"),
                        plots=plots)
@@ -180,6 +185,8 @@ def _facts(view: RunView) -> str:
     for key, label in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("recover_rate", "Recover Rate")):
         if s.get(key) is not None:
             rows.append((f"mean {label}", _num(s[key])))
+    if view.kind == "sweep" and view.verdict.get("text"):
+        rows.append(("verdict", " ".join(str(line).strip() for line in view.verdict["text"])))
     if view.kind != "sweep":
         eps = s.get("epsilon")
         explanation = s.get("epsilon_explanation") or ("no client-side defense: no privacy guarantee"
@@ -202,35 +209,22 @@ def reproduce_command(view: RunView) -> str:
     """The command line that reruns this run: the options that differ from their defaults."""
     s = view.summary
     if view.kind == "simulate" and isinstance(s.get("settings"), dict):
-        return "fedleak simulate" + _flags(Settings, {k.replace("-", "_"): v for k, v in s["settings"].items()})
+        return "fedleak simulate" + command_flags(Settings, {k.replace("-", "_"): v for k, v in s["settings"].items()})
     if view.kind == "attack":
-        return "fedleak attack" + _flags(AttackJob, s)
+        return "fedleak attack" + command_flags(AttackJob, s)
     if view.kind == "sweep" and isinstance(s.get("settings"), dict):
-        shared = {k.replace("-", "_"): v for k, v in s["settings"].items()}
-        return ("fedleak sweep" + _flags(Settings, shared) + f" --out {_quote(str(view.directory))}"
-                + "".join(f" --defense {_quote(d)}" for d in s.get("defenses", []))
-                + "".join(f" --attack {_quote(a)}" for a in s.get("attacks", [])))
+        return sweep_command(s["settings"], s.get("defenses", []), s.get("attacks", []), len(s.get("seeds") or [0]),
+                             view.directory)
     return ""
 
 
-def _flags(cls: type, values: dict[str, Any]) -> str:
-    out = []
-    for f in fields(cls):
-        if not f.metadata.get("cli") or f.name not in values:
-            continue
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        value = values[f.name]
-        if f.metadata.get("repeat"):
-            value = [v for v in (value.split("+") if isinstance(value, str) else value or []) if v]
-            out += [f" {flag_of(f)} {_quote(v)}" for v in value]
-        elif isinstance(default, bool):
-            if bool(value) != default:
-                out.append(f" {flag_of(f)}")
-        elif value not in (None, "") and value != default:
-            if isinstance(default, int) and isinstance(value, float) and value.is_integer():
-                value = int(value)  # a summary's means turn counts into floats
-            out.append(f" {flag_of(f)} {_quote(str(value))}")
-    return "".join(out)
+def sweep_command(settings: dict[str, Any], defenses: Sequence[str], attacks: Sequence[str], seeds: int,
+                  out: str | Path) -> str:
+    """The ``fedleak sweep`` command line of these shared settings (``run_config`` keys), settings and seeds."""
+    shared = {k.replace("-", "_"): v for k, v in settings.items()}
+    return ("fedleak sweep" + command_flags(Settings, shared) + f" --out {_quote(str(out))}"
+            + "".join(f" --defense {_quote(d)}" for d in defenses)
+            + "".join(f" --attack {_quote(a)}" for a in attacks) + (f" --seeds {seeds}" if seeds > 1 else ""))
 
 
 def _quote(text: str) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from fedsim.core.errors import UsageError
 from fedsim.core.io import append_jsonl, read_jsonl, write_json, write_private_text
 from fedsim.core.plots import pyplot, save_figure
-from fedsim.settings import Settings
+from fedsim.settings import Settings, command_flags
 
 
 # --- what each kind of run writes ---------------------------------------------------------------------------------
@@ -68,12 +68,20 @@ FILES: dict[str, tuple[OutputFile, ...]] = {
         OutputFile("simulate.png", "dev accuracy and leakage per round (scores only); written at the end"),
     ),
     "sweep": (
-        OutputFile("tradeoff.csv", "one row per (defense, attack) run: defense, attack, epsilon, "
-                   "epsilon_single_release, final_accuracy, rouge1, rouge2, rougeL, recover_rate, attacks_scored, "
-                   "run_dir; rewritten after every run"),
-        OutputFile("tradeoff.png", "leakage against final accuracy per setting, training loss per round"),
-        OutputFile(SUMMARY, "kind, status, the settings every run shares, defenses, attacks, runs, rows, reused "
-                   "(runs kept from an earlier run by --resume); rewritten after every run", private=True),
+        OutputFile("tradeoff.csv", "one row per (defense, attack) setting over its seeds: epsilon, accuracy mean, "
+                   "sd and cost against none (points, 95% Welch interval), ROUGE-1/2 mean and 95% t-interval over "
+                   "every attacked update, n_updates, n_failed (fedsim.frontier.stats.COLUMNS); rewritten after "
+                   "every run"),
+        OutputFile("runs.csv", "one row per (defense, attack, seed) run: its accuracy, epsilon, mean leakage, "
+                   "attacks scored and failed, whether --resume kept it, run_dir; rewritten after every run"),
+        OutputFile("verdict.json", "the cheapest setting whose worst-case ROUGE-1 (upper end of its 95% interval, "
+                   "over the attacks) is below 0.2, its accuracy cost, epsilon and closest attack, or the one that "
+                   "leaks least; the rule; the printed lines", private=True),
+        OutputFile("frontier.png", "leakage (ROUGE-1, ROUGE-2) against accuracy per setting with error bars, the "
+                   "Pareto front, training loss per round per defense"),
+        OutputFile(SUMMARY, "kind, status, the settings every run shares, defenses, attacks, seeds, runs, "
+                   "runs_finished, rows, reused (runs kept from an earlier run by --resume), command, the verdict's "
+                   "setting; rewritten after every run", private=True),
     ),
     "experiment": (
         OutputFile("{name}_examples.md", "reference and reconstruction pairs", private=True),  # before {name}.md
@@ -330,6 +338,7 @@ class Resume:
 
 # --- simulate: the Recorder ---------------------------------------------------------------------------------------
 LEAK_KEYS = ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct")
+HONEST_KEYS = ("token_precision", "token_f1", "rouge1_random_pairing", "certified_share")  # adversary.metrics doc
 
 
 def _mean(values: list) -> float | None:
@@ -421,6 +430,12 @@ class Recorder:
             **self.extra,
             "attacks": {"scored": len(scored), "errors": len(self.leaks) - len(scored)},
             **{key: _mean([r.get(key) for r in scored]) for key in LEAK_KEYS},
+            # issue #11: failures count; a failed attack leaked nothing measurable, counted 0 beside the mean above
+            "attacks_failed": len(self.leaks) - len(scored),
+            "rouge1_with_failures_as_zero": _mean([0.0 if "error" in r else (r.get("rouge1") or 0.0)
+                                                   for r in self.leaks]),
+            **{key: _mean([r.get(key) for r in scored]) for key in HONEST_KEYS},
+            "sequences_certified": sum(sum(bool(c) for c in r.get("certified") or []) for r in scored),
             "attack_seconds": _mean([r.get("seconds") for r in scored]),
             "mean_round_seconds": _mean([r["seconds"] for r in self.rounds]),
             "wall_seconds": time.perf_counter() - self.started,
@@ -431,6 +446,20 @@ class Recorder:
 
 def _fmt(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:.3f}"
+
+
+def bag_of_words_note(summary: dict[str, Any]) -> list[str]:
+    """For an optimisation attack whose words came back without their order (ROUGE-2 under half of ROUGE-1):
+    say so, and give the command that runs the worst-case attack on the same federation."""
+    s = summary["settings"]
+    r1, r2 = summary.get("rouge1"), summary.get("rouge2")
+    if s["attack"] not in ("tag", "dlg") or r1 is None or r2 is None or r1 < 0.2 or r2 >= 0.5 * r1:
+        return []
+    values = {k.replace("-", "_"): v for k, v in s.items()}
+    values.update(attack="best", out=f"{s['out'].rstrip('/')}-best")
+    return [f"    {s['attack'].upper()} recovered the words more than their order (ROUGE-2 {r2:.2f} against ROUGE-1 "
+            f"{r1:.2f}): largely a bag of words. The worst-case attack on the same federation:",
+            f"      fedleak simulate{command_flags(Settings, values)}"]
 
 
 def describe(summary: dict[str, Any], leaks: list[dict[str, Any]]) -> str:
@@ -456,17 +485,26 @@ def describe(summary: dict[str, Any], leaks: list[dict[str, Any]]) -> str:
     if s["attack"] != "none":
         att = summary["attacks"]
         lines.append(f"  The server followed the protocol but was curious: from each update it rebuilt the client's "
-                     f"private text with {s['attack'].upper()} ({s['attack-iterations']} iterations).")
+                     f"private text with {s['attack'].upper()} ({s['attack-iterations']} iterations"
+                     + (f", at most {s['attack-time-budget']:g} s per update" if s.get("attack-time-budget") else "")
+                     + ").")
         lines.append(f"    {att['scored']} updates attacked, {att['errors']} failed.")
         if att["scored"]:
             lines.append(f"    ROUGE-1 {summary['rouge1']:.2f}  ROUGE-2 {summary['rouge2']:.2f}  ROUGE-L "
                          f"{summary['rougeL']:.2f}  recover rate {summary['recover_rate']:.2f}   "
-                         f"(means; 1.00 = every word recovered)")
+                         f"(means over the {att['scored']} scored; 1.00 = every word recovered)")
+            if summary.get("token_f1") is not None:
+                lines.append(f"    token F1 {summary['token_f1']:.2f} (penalises junk the recover rate ignores); "
+                             f"{summary.get('sequences_certified', 0)} sequence(s) certified exact by the server")
             best = max((r for r in leaks if "error" not in r), key=lambda r: (r["rouge1"], -r["round"]))
             lines.append(f"    round {best['round']}, client {best['client']}:")
             for ref, rec in zip(best["reference"], best["reconstruction"]):
                 lines.append(f"      private  : {ref}")
                 lines.append(f"      recovered: {rec}")
+            lines += bag_of_words_note(summary)
+        if att["errors"] and summary.get("rouge1_with_failures_as_zero") is not None:
+            lines.append(f"    ROUGE-1 counting the {att['errors']} failed attack(s) as 0: "
+                         f"{summary['rouge1_with_failures_as_zero']:.2f}")
         errors = [r for r in leaks if "error" in r]
         if errors:
             lines.append(f"    first failure: {errors[0]['error']}")

@@ -137,7 +137,7 @@ def attack_plan(s: Settings, train_split: task.TaskData) -> AttackPlan:
         examples_per_update=s.examples_per_update, tokenizer=load_tokenizer(s.vocab),
         num_labels=train_split.num_labels, model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
         truth=partial(ground_truth, train_split, s.vocab, s.max_length),
-        clients_per_round=s.attack_clients_count())
+        clients_per_round=s.attack_clients_count(), rounds=s.attacked_rounds(), time_budget=s.attack_time_budget)
 
 
 def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indices: list[int]) -> GroundTruth:

@@ -1,9 +1,11 @@
-"""`fedleak sweep`: one federation per (defense, attack) setting, and the leakage-accuracy trade-off they trace.
+"""`fedleak sweep`: one federation per (defense, attack, seed), and the verdict on the leakage-accuracy frontier.
 
-Each run is an ordinary `simulate` run in its own sub-directory. ``tradeoff.csv`` and ``summary.json`` (kind
-``sweep``) are rewritten after every run, so an interrupted sweep keeps the rows it finished; ``tradeoff.png`` plots
-leakage against final accuracy (each point labelled with its setting and ε) next to the training-loss curves
-(convergence under perturbed gradients). Files: ``fedsim.results.FILES["sweep"]``.
+Each run is an ordinary `simulate` run in its own sub-directory (seed in its name). A setting's accuracy and leakage
+come from the same federations: its leakage is every update the clients of those runs sent that the server attacked
+(each run's ``leakage.jsonl``), its accuracy their final dev accuracy. ``runs.csv`` (one row per run),
+``tradeoff.csv`` (one row per setting, over seeds; ``fedsim.frontier.stats``) and ``summary.json`` (kind ``sweep``)
+are rewritten after every run, so an interrupted sweep keeps what it finished; ``verdict.json`` and
+``frontier.png`` come at the end, and the verdict is printed last. Files: ``fedsim.results.FILES["sweep"]``.
 """
 
 from __future__ import annotations
@@ -15,76 +17,120 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from defenses import format_defenses, parse_defenses, single_release_epsilon
-from fedsim.core.plots import pyplot
+from fedsim.core.errors import UsageError
+from fedsim.core.io import write_json
+from fedsim.frontier.plot import plot_frontier
+from fedsim.frontier.stats import COLUMNS, aggregate, loss_curves
+from fedsim.frontier.verdict import verdict
 from fedsim.results import Resume, RunDir, read_records
 from fedsim.server_app import resolve_defense
 from fedsim.settings import Settings
 
-COLUMNS = ("defense", "attack", "epsilon", "epsilon_single_release", "final_accuracy", "rouge1", "rouge2", "rougeL",
-           "recover_rate", "attacks_scored", "run_dir")
+RUN_COLUMNS = ("defense", "attack", "seed", "status", "epsilon", "epsilon_single_release", "final_accuracy",
+               "attacks_scored", "attacks_failed", "rouge1", "rouge2", "reused", "run_dir")
 
 
-def run_label(defense: str, attack: str) -> str:
-    """A directory name for a setting: readable, filesystem-safe."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{defense}__{attack}")
+def run_label(defense: str, attack: str, seed: int) -> str:
+    """A directory name for one run: readable, filesystem-safe, the seed in it."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{defense}__{attack}__seed{seed}")
 
 
 def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: str | Path,
           run: Callable[[Settings], dict[str, Any]] | None = None, echo: Callable[[str], None] = print,
-          resume: bool = False) -> list[dict]:
-    """Run every (defense, attack) pair; returns the trade-off rows. ``run`` is the federation (default: simulate).
+          resume: bool = False, seeds: int = 1, command: str = "") -> list[dict]:
+    """Run every (defense, attack) pair with seeds ``base.seed`` .. ``base.seed + seeds - 1``; returns the rows of
+    ``tradeoff.csv`` (one per pair; ``final_accuracy`` and ``run_dir`` repeat the mean and the first run for callers
+    of one seed). ``run`` is the federation (default: simulate); ``command`` is quoted on the figure.
 
-    ``resume``: a pair whose sub-directory already holds a completed run of the same settings is read, not rerun.
+    ``resume``: a run whose sub-directory already holds a completed run of the same settings is read, not rerun.
     An epsilon budget (``dp:epsilon=E,c=C``) is resolved per run with that run's settings, all of them before the
     first run starts (an impossible one fails the sweep at once); its row keeps the budget as its label.
     """
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds!r}: expected a positive integer")
     if run is None:
         from fedsim.simulate import run as run_simulation
 
         run = run_simulation
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings_list = []
-    resolved: dict[str, list[str]] = {}  # label -> the sigma specs its runs run (the attack does not change it)
-    for spec in defenses:
-        label = format_defenses(spec)  # validates every spec before the first run starts
-        for attack in attacks:
-            specs = [] if label == "none" else [label]
-            settings = dataclasses.replace(base, defense=specs, attack=attack, out=str(out / run_label(label, attack)))
-            settings_list.append((label, attack, settings))
-            if label not in resolved:
-                resolved[label] = resolve_defense(settings)[0].defense
+    plan = []
+    resolved: dict[tuple[str, int], list[str]] = {}  # (label, seed) -> the sigma specs that run runs
+    labels = [format_defenses(spec) for spec in defenses]  # validates every spec before the first run starts
+    for seed in range(base.seed, base.seed + seeds):  # seed-major: an interrupted sweep has every setting sooner
+        for label in labels:
+            for attack in attacks:
+                specs = [] if label == "none" else [label]
+                settings = dataclasses.replace(base, defense=specs, attack=attack, seed=seed,
+                                               out=str(out / run_label(label, attack, seed)))
+                plan.append((label, attack, settings))
+                if (label, seed) not in resolved:  # a budget's sigma depends on the seed's smallest shard
+                    resolved[label, seed] = resolve_defense(settings)[0].defense
     files = RunDir(out, "sweep")
-    earlier = Resume.runs([s.out for _, _, s in settings_list], "federation run", enabled=resume)
-    rows: list[dict] = []
+    earlier = Resume.runs([s.out for _, _, s in plan], "federation run", enabled=resume)
+    runs: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     facts = {"settings": {k: v for k, v in base.to_run_config().items() if k not in ("defense", "attack", "out")},
-             "defenses": list(dict.fromkeys(label for label, _, _ in settings_list)), "attacks": list(attacks),
-             "runs": len(settings_list), "run_dirs": [s.out for _, _, s in settings_list]}
+             "defenses": list(dict.fromkeys(labels)), "attacks": list(attacks),
+             "seeds": list(range(base.seed, base.seed + seeds)), "runs": len(plan),
+             "run_dirs": [s.out for _, _, s in plan], "command": command}
 
-    def record(status: str) -> None:
-        files.write_summary({"status": status, **facts, "rows": len(rows), "reused": earlier.kept})
+    def record(status: str, **extra: Any) -> None:
+        files.write_summary({"status": status, **facts, "runs_finished": len(runs), "rows": len(rows),
+                             "runs_incomplete": sum(r["status"] != "completed" for r in runs), "reused": earlier.kept,
+                             **extra})
 
+    files.clear()  # a new sweep replaces the files of an old one (its runs stay, for --resume)
     record("running")
     try:
-        for i, (label, attack, settings) in enumerate(settings_list, 1):
+        for i, (label, attack, settings) in enumerate(plan, 1):
             summary = earlier.take(settings.to_run_config(), run_key(settings))
-            echo(f"== sweep {i}/{len(settings_list)}: defense {label}, attack {attack} -> {settings.out}"
+            echo(f"== sweep {i}/{len(plan)}: defense {label}, attack {attack}, seed {settings.seed} -> {settings.out}"
                  + (f" ({Resume.KEPT})" if summary is not None else ""))
+            reused = summary is not None
             if summary is None:
                 summary = run(settings)
-            single, _ = single_release_epsilon(list(parse_defenses(resolved[label])))
-            rows.append({"defense": label, "attack": attack, "epsilon": _eps(summary.get("epsilon")),
-                         "epsilon_single_release": single, "final_accuracy": summary.get("final_accuracy"),
-                         **{k: summary.get(k) for k in ("rouge1", "rouge2", "rougeL", "recover_rate")},
-                         "attacks_scored": (summary.get("attacks") or {}).get("scored", 0), "run_dir": settings.out})
+            runs.append(run_record(label, attack, settings, summary, resolved[label, settings.seed], reused))
+            if runs[-1]["status"] != "completed":
+                echo(f"   run {settings.out} ended {runs[-1]['status']}: in runs.csv, left out of tradeoff.csv")
+            done = [r for r in runs if r["status"] == "completed"]  # half a run is no seed
+            rows = aggregate(done)
+            files.write_csv("runs.csv", runs, RUN_COLUMNS)
             files.write_csv("tradeoff.csv", rows, COLUMNS)
             record("running")
+        result = verdict(rows)
+        write_json(files.path("verdict.json"), result)
+        files.save_figure("frontier.png", plot_frontier(rows, loss_curves(done), command, earlier.kept, len(plan)),
+                          dpi=120)
     except BaseException as exc:
         record("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
-    files.save_figure("tradeoff.png", plot_tradeoff(rows, earlier.kept), dpi=120)
-    record("completed")
-    return rows
+    record("completed", verdict=result["setting"] if result["stopped"] else None)
+    echo(f"\nwrote {out}/{{runs.csv, tradeoff.csv, verdict.json, frontier.png}} ({len(plan)} runs, "
+         f"{earlier.kept} kept from an earlier run); `fedleak report {out}` shows the table")
+    for line in result["text"]:
+        echo(line)
+    return [{**r, "final_accuracy": r["accuracy_mean"], "run_dir": r["run_dirs"][0]} for r in rows]
+
+
+def run_record(label: str, attack: str, settings: Settings, summary: dict[str, Any], resolved: list[str],
+               reused: bool) -> dict[str, Any]:
+    """One run as ``fedsim.frontier`` reads it: its accuracy and ε from its summary, its attacked updates' scores and
+    its loss curve from its own files (so leakage and accuracy are of the same federation)."""
+    leaks = read_records(settings.out, "leakage.jsonl")
+    updates = [{"error": True} if "error" in r else {"rouge1": r.get("rouge1"), "rouge2": r.get("rouge2")}
+               for r in leaks]
+    scored = [u for u in updates if "error" not in u]
+    single, _ = single_release_epsilon(list(parse_defenses(resolved)))
+    return {"defense": label, "attack": attack, "seed": settings.seed, "status": summary.get("status"),
+            "epsilon": _eps(summary.get("epsilon")), "epsilon_single_release": single,
+            "final_accuracy": summary.get("final_accuracy"), "attacks_scored": len(scored),
+            "attacks_failed": len(updates) - len(scored),
+            "rouge1": _mean(u["rouge1"] for u in scored), "rouge2": _mean(u["rouge2"] for u in scored),
+            "reused": reused, "run_dir": settings.out, "updates": updates,
+            "train_loss": [(r["round"], r["train_loss"]) for r in read_records(settings.out, "rounds.jsonl")
+                           if r.get("train_loss") is not None]}
 
 
 # How a run executes, not what it computes: a run that differs only in these is the same run.
@@ -96,6 +142,11 @@ def run_key(settings: Settings) -> list[str]:
     return [k for k in settings.to_run_config() if k not in _EXECUTION_ONLY]
 
 
+def _mean(values: Any) -> float | None:
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
 def _eps(value: Any) -> float:
     """ε from a summary: None (no defense accounted) and "inf" both mean no finite guarantee."""
     if value is None:
@@ -104,44 +155,3 @@ def _eps(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.inf
-
-
-def _eps_text(eps: float) -> str:
-    return "ε=∞" if math.isinf(eps) else f"ε={eps:.3g}"
-
-
-def plot_tradeoff(rows: list[dict], reused: int = 0) -> Any:
-    """Left: leakage (ROUGE-1) vs final accuracy per setting. Right: training loss per round per setting.
-    The x label says how many runs were kept from an earlier run (--resume)."""
-    plt = pyplot()
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(13, 5))
-    attacks = sorted({r["attack"] for r in rows})
-    markers = dict(zip(attacks, "os^Dv<>p"))
-    for r in rows:
-        if r.get("final_accuracy") is None or r.get("rouge1") is None:
-            continue
-        ax.scatter(r["final_accuracy"], r["rouge1"], marker=markers[r["attack"]], s=60)
-        ax.annotate(f"{r['defense']}\n{_eps_text(r['epsilon'])}", (r["final_accuracy"], r["rouge1"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
-    for attack, m in markers.items():
-        ax.scatter([], [], marker=m, color="gray", label=f"attack: {attack}")
-    ax.set_xlabel(f"final dev accuracy\n(runs reused from an earlier run with --resume: {reused} of {len(rows)})")
-    ax.set_ylabel("mean ROUGE-1 of reconstructions (leakage)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("leakage vs accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    seen: set[str] = set()
-    for r in rows:  # training is the same for every attack under one defense: one curve per defense
-        if r["defense"] in seen:
-            continue
-        seen.add(r["defense"])
-        if (Path(r["run_dir"]) / "rounds.jsonl").is_file():
-            rounds = [x for x in read_records(r["run_dir"], "rounds.jsonl") if x.get("train_loss") is not None]
-            ax_loss.plot([x["round"] for x in rounds], [x["train_loss"] for x in rounds], marker=".", label=r["defense"])
-    ax_loss.set_xlabel("round")
-    ax_loss.set_ylabel("mean client training loss")
-    ax_loss.set_title("convergence under perturbed gradients")
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
-    return fig

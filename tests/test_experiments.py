@@ -181,3 +181,55 @@ def test_a_script_given_bad_input_says_so_in_one_line_with_exit_2(tmp_path) -> N
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "no-glue" in done.stderr and "Traceback" not in done.stderr
+
+
+COLA_DEV = ["The sailors rode the breeze clear of the rocks.", "The weights made the rope stretch over the pulley.",
+            "The mechanical doll wriggled itself loose.", "If you had eaten more, you would want less.",
+            "As you eat the most, you want the least.", "The more you would want, the less you would eat."]
+
+
+def test_bench_batch_writes_tables_and_ends_with_one_json_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``experiments/bench_batch.py``: tiny model, B = 2, one batch per kind (CoLA from a small GLUE-layout file
+    written here), then ``--resume`` keeps every batch; the rank limit N <= d is stated per batch."""
+    import json
+
+    from experiments import bench_batch
+
+    glue = tmp_path / "glue" / "CoLA"
+    glue.mkdir(parents=True)
+    (glue / "dev.tsv").write_text("".join(f"src\t{i % 2}\t\t{t}\n" for i, t in enumerate(COLA_DEV)))
+    out = tmp_path / "out"
+    argv = ["--models", "tiny", "--batch-sizes", "2", "--batches", "1", "--data-dir", str(tmp_path / "glue"),
+            "--out", str(out), "--threads", "1", "--time-budget", "30"]
+    rows = bench_batch.main(argv)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(c["kind"], c["B"], c["n"]) for c in last["cells"]] == [(k, 2, 1) for k in bench_batch.KINDS]
+    assert {r["kind"] for r in rows} == set(bench_batch.KINDS) and len(rows) == 3
+    for row, cell in zip(rows, last["cells"]):
+        assert row["hidden"] == 32 and row["tokens"] > 2 * 2  # tiny: d = 32; [CLS] and [SEP] at least, per sentence
+        assert row["over_rank_limit"] == (row["tokens"] > 32)
+        assert 0.0 <= row["exact"] <= 1.0 and 0.0 <= row["rouge1"] <= 1.0 and row["seconds"] > 0
+        assert cell["exact"] == row["exact"] and cell["rouge1"] == round(row["rouge1"], 4)
+        if row["over_rank_limit"]:  # past the rank limit nothing may be certified
+            assert row["certified_share"] == 0.0 and cell["targets"].startswith("past the rank limit")
+    cells = read_csv(out / "bench_batch.csv")
+    assert [c["kind"] for c in cells] == list(bench_batch.KINDS) and {"exact_mean", "seconds_mean"} <= set(cells[0])
+    assert len(read_csv(out / "bench_batch_batches.csv")) == 3
+    md = (out / "bench_batch.md").read_text(encoding="utf-8")
+    assert "| model | init | B | kind |" in md and md.count("| tiny |") == 3
+    assert private(out / "raw" / "bench_batch.jsonl")
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a kept batch was attacked again")
+
+    with monkeypatch.context() as m:
+        m.setattr(bench_batch, "attack_batch", no_attack)
+        again = bench_batch.main(argv + ["--resume"])
+    assert [r["exact"] for r in again] == [r["exact"] for r in rows] and all(r["resumed"] for r in again)
+
+
+def test_bench_batch_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_batch.py"), "--kinds", "shuffled",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "shuffled" in done.stderr and "random, consecutive, template" in done.stderr

@@ -102,6 +102,7 @@ def _task_identity(monkeypatch):
 
 def small(tmp_path: Path, **overrides) -> Settings:
     base = dict(model="tiny", init="uniform:0.1", dataset="pii", clients=2, rounds=2, batch_size=1, lr=0.1, attack="tag",
+                attack_clients="all", attack_rounds="all",
                 attack_iterations=30, attack_backend="inline", attack_threads=1, eval_examples=40, max_length=24,
                 seed=3, out=str(tmp_path / "run"))
     base.update(overrides)

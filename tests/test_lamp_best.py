@@ -153,3 +153,15 @@ def test_noise_level_and_the_tokens_above_it(clean, noised):
     rec = run_attack("lamp", observation, Budget(30), seed=0, options={"candidates": 8})
     assert rec.info["noise_level"] == pytest.approx(sigma) and rec.info["distance"] == "l2"
     assert rec.info["vocabulary_restricted"] and set(rec.token_ids[0]) <= set(truth.token_ids[0])
+
+
+def test_best_judges_a_batch_with_its_labels_corrected_so_good_text_is_not_hidden_by_wrong_labels(tiny, tokenizer):
+    from adversary.best import _judge
+    from adversary.case import Reconstruction
+
+    sentences, labels = ["the cat sat on the mat.", "a dog ran home.", "birds sing loudly.", "we like tea."], [1, 0, 0, 1]
+    observation, truth = observe(tiny, make_batch(tokenizer, sentences, labels), tokenizer)
+    wrong = [1 - y for y in labels]
+    rec = Reconstruction(list(truth.texts), [list(q) for q in truth.token_ids], wrong)
+    assert gradient_distance(observation, rec.token_ids, wrong) > 1e-2  # wrong labels: far from reproducing it
+    assert _judge(observation, rec) < 1e-4 and rec.labels == labels

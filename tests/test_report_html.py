@@ -27,7 +27,7 @@ def simulate_dir(root: Path) -> Path:
     """A simulate run directory as the Recorder writes it, with hostile text in the clients' data."""
     d = root / "sim"
     d.mkdir()
-    settings = Settings(model="tiny", rounds=3, out=str(d), defense=["clip:c=1", "noise:sigma=0.5"])
+    settings = Settings(model="tiny", init="normal:0.02", rounds=3, out=str(d), defense=["clip:c=1", "noise:sigma=0.5"])
     write_json(d / "summary.json", {"kind": "simulate", "status": "completed", "rounds_completed": 3,
                                     "initial_accuracy": 0.5, "final_accuracy": 0.7, "epsilon": 12.5,
                                     "delta": 1e-5, "epsilon_explanation": "client-level DP of each update",
@@ -146,4 +146,4 @@ def test_a_sweep_page_has_its_settings_table_and_every_run_s_updates(tmp_path):
     (d / "tradeoff.csv").write_text(f"defense,attack,epsilon,final_accuracy,rouge1,run_dir\nnone,tag,inf,0.5,0.5,{run}\n")
     page = render_html(load_run(d))
     assert "Settings: leakage against accuracy" in page and f"Attacked updates ({UPDATES})" in page
-    assert "fedleak sweep --model tiny --out" in page and "--defense none --attack tag" in page
+    assert "fedleak sweep --model tiny --rounds 3 --out" in page and "--defense none --attack tag" in page

@@ -86,7 +86,7 @@ def simulate_run(settings: Settings, status: str = "completed") -> dict:
 
 def test_simulate_writes_its_declared_files(tmp_path, capsys):
     out = tmp_path / "sim"
-    summary = simulate_run(Settings(model="tiny", dataset="pii", rounds=1, attack="tag", out=str(out)))
+    summary = simulate_run(Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="tag", out=str(out)))
     assert summary["kind"] == "simulate" and summary["rouge1"] == pytest.approx(0.8)
     assert check_declared(out, "simulate") == ["leakage.jsonl", "rounds.jsonl", "simulate.png", "summary.json"]
     assert main(["report", str(out)]) == 0
@@ -97,16 +97,17 @@ def test_simulate_writes_its_declared_files(tmp_path, capsys):
 def test_sweep_writes_its_declared_files(tmp_path, capsys):
     from fedsim.sweep import sweep
 
-    base = Settings(model="tiny", dataset="pii", rounds=1, attack="none")
+    base = Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="none")
     rows = sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path / "sweep", run=simulate_run,
                  echo=lambda _: None)
     assert len(rows) == 2
-    assert check_declared(tmp_path / "sweep", "sweep", skip_dirs=True) == ["summary.json", "tradeoff.csv",
-                                                                            "tradeoff.png"]
+    assert check_declared(tmp_path / "sweep", "sweep", skip_dirs=True) == ["frontier.png", "runs.csv", "summary.json",
+                                                                            "tradeoff.csv", "verdict.json"]
     for row in rows:
         check_declared(Path(row["run_dir"]), "simulate")
     summary = read_summary(tmp_path / "sweep")
-    assert summary["status"] == "completed" and summary["rows"] == summary["runs"] == 2 and summary["reused"] == 0
+    assert summary["status"] == "completed" and summary["runs_finished"] == summary["runs"] == 2
+    assert summary["reused"] == 0 and summary["seeds"] == [0]
     assert summary["defenses"] == ["none", "noise:sigma=0.1"] and summary["settings"]["rounds"] == 1
     assert main(["report", str(tmp_path / "sweep")]) == 0
     text = capsys.readouterr().out
@@ -120,7 +121,7 @@ def test_sweep_records_a_failed_run(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        sweep(Settings(model="tiny", dataset="pii", attack="none"), ["none"], ["none"], tmp_path, run=broken,
+        sweep(Settings(model="tiny", init="normal:0.02", dataset="pii", attack="none"), ["none"], ["none"], tmp_path, run=broken,
               echo=lambda _: None)
     assert read_summary(tmp_path)["status"] == "failed" and read_run(tmp_path).kind == "sweep"
 
@@ -168,13 +169,13 @@ def test_resume_matches_on_the_named_fields_and_counts_what_it_kept(tmp_path):
         [{"method": "tag", "text_sha": "b"}], ["method", "text_sha"]) == {}
 
     done, other = tmp_path / "done", tmp_path / "interrupted"
-    settings = Settings(model="tiny", dataset="pii", rounds=1, attack="none", out=str(done))
+    settings = Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="none", out=str(done))
     simulate_run(settings)
-    simulate_run(Settings(model="tiny", dataset="pii", rounds=1, attack="none", out=str(other)), status="interrupted")
+    simulate_run(Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="none", out=str(other)), status="interrupted")
     runs = Resume.runs([done, other, tmp_path / "missing"], "federation run")
     names = [k for k in settings.to_run_config() if k != "out"]
     assert runs.take({**settings.to_run_config(), "out": "elsewhere"}, names)["status"] == "completed"
-    assert runs.take(Settings(model="tiny", dataset="pii", rounds=2, attack="none").to_run_config(), names) is None
+    assert runs.take(Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=2, attack="none").to_run_config(), names) is None
     assert LEDGER.note() == ("Reused from an earlier run (--resume): 1 of 3 attacked sentence(s), "
                              "1 of 2 federation run(s).")
 
@@ -189,14 +190,14 @@ def test_sweep_and_experiments_resume_through_it_and_say_how_much_they_kept(tmp_
         calls.append(settings.out)
         return simulate_run(settings)
 
-    base = Settings(model="tiny", dataset="pii", rounds=1, attack="none")
+    base = Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="none")
     sweep(base, ["none", "noise:sigma=0.1"], ["none"], tmp_path / "sweep", run=counted, echo=lambda _: None)
     lines: list[str] = []
     sweep(base, ["none", "noise:sigma=0.1", "noise:sigma=1"], ["none"], tmp_path / "sweep", run=counted,
           echo=lines.append, resume=True)
     assert len(calls) == 3 and sum("(kept from the earlier run)" in line for line in lines) == 2
     summary = read_summary(tmp_path / "sweep")
-    assert (summary["rows"], summary["reused"]) == (3, 2)
+    assert (summary["runs_finished"], summary["reused"]) == (3, 2)
 
     first = experiment(tmp_path / "exp")
     with monkeypatch.context() as m:

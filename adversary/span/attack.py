@@ -1,38 +1,44 @@
 """The `span` attack's entry point: the subspace test, then for B > 1 the ledger and the linker, then the labels
-and the final check (a B > 1 batch passes only when its gradient matches the observed one, 1 - cos < eps32).
+and the final check, the same for every B: the batch must reproduce the observed gradient
+(:func:`adversary.distance.reproduces`: 1 - cos below float32 rounding plus the published error, lengths equal to
+the public ``seq_lengths`` when given). Only then is ``span_check_passed`` True and every sequence certified.
+Public lengths also bound the positions searched (at B = 1 the answer is cut to that length).
 
 Budget: ``budget.iterations`` bounds the linker's descents (B > 1; at most ``min(iterations, max_descents or
-64 x B)``), and ``budget.seconds`` stops the linker (no descent starts, and a running one stops its sweeps, past the
-deadline). B = 1 runs no descent: the order is read from the positions. The reconstruction reports the descents run
-as its ``iterations`` (0 for B = 1); the subspace test, the ledger and the labels are cheap and always run.
+64 x B)``), and ``budget.seconds`` stops the membership test (between chunks of the token set) and the linker
+(no descent starts, and a running one stops its sweeps, past the deadline); what it has then is answered,
+uncertified. B = 1 runs no descent: the order is read from the positions. The reconstruction reports the descents
+run as its ``iterations`` (0 for B = 1); the subspace test, the ledger and the labels are cheap and always run.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from adversary.case import Observation, Reconstruction
-from adversary.distance import batch_cosine_distance, candidate_batch
+from adversary.distance import candidate_batch, reproduces
 from adversary.labels import classifier_bias_name, recover_labels
 from adversary.options import AttackOptions, Budget
 from adversary.registry import register
 from adversary.span.ledger import Ledger
 from adversary.span.linker import Linker, assemble
-from adversary.span.subspace import (LayerInputs, attention_grads, attention_names, gradient_span, linker_span,
-                                     members, param_name, relative_error)
-from adversary.token_set import token_set
-from fedsim.core.train import EPS32
+from adversary.span.subspace import (MAX_MEMBERS, LayerInputs, Span, attention_grads, attention_names,
+                                     gradient_span, linker_span, members, nonzero_rows, param_name)
+from adversary.token_set import token_set, word_embedding_name
+
+MEMBER_CHUNK = 1024  # tokens per membership test when there is a deadline: it is checked between chunks
 
 
 @dataclass(frozen=True)
 class SpanOptions(AttackOptions):
     """``restarts``: random descents per sequence length when B > 1; ``max_descents``: most descents in all
     (default 64 x B; a certified sequence ends its search early, so they are only spent on a batch the linker
-    cannot finish), further bounded by ``budget.iterations``; ``gradient_distance``: also compute 1 - cosine to the
-    observed gradient for B = 1 (one forward/backward, off by default for speed; B > 1 always does, as its check)."""
+    cannot finish), further bounded by ``budget.iterations``; ``gradient_distance``: kept for old option files,
+    no effect: the final check computes 1 - cosine to the observed gradient for every B."""
 
     restarts: int = 4
     max_descents: int | None = None
@@ -62,7 +68,33 @@ def batch_labels(obs: Observation, batch: dict[str, torch.Tensor]) -> list[int]:
     return [int(i) for i in torch.argmax(logits.softmax(-1) - coeff, dim=1)]
 
 
-@register("span", SpanOptions)
+def members_until(obs: Observation, span1: Span, inputs: LayerInputs, vocab: torch.Tensor, public: int | None,
+                  deadline: float) -> tuple[list[list[tuple[int, int, float]]], int, bool]:
+    """:func:`members` over the token set in chunks of :data:`MEMBER_CHUNK`, none started past ``deadline``: what
+    was found so far, the length, and whether the deadline cut it. Under noise the token set is the whole
+    vocabulary and one call can take longer than any budget. One call, as before, without a deadline or when the
+    length is read from where members stop (no public length and no position gradient)."""
+    positions = public is not None or bool(nonzero_rows(obs, inputs.module.position_embeddings.weight))
+    if math.isinf(deadline) or vocab.numel() <= MEMBER_CHUNK or not positions:
+        return (*members(obs, span1, inputs, vocab, public), False)
+    name = word_embedding_name(obs.model)
+    if name in obs.gradients:  # likeliest tokens first (largest embedding-gradient rows), so a cut loses least
+        vocab = vocab[torch.argsort(obs.gradients[name].detach().double().norm(dim=1)[vocab], descending=True)]
+    merged: list[list[tuple[int, int, float]]] = []
+    length, late = 0, False
+    for begin in range(0, vocab.numel(), MEMBER_CHUNK):
+        if time.perf_counter() > deadline:
+            late = True
+            break
+        found, n = members(obs, span1, inputs, vocab[begin:begin + MEMBER_CHUNK], public)
+        length = max(length, n)
+        merged += [[] for _ in range(len(found) - len(merged))]
+        for p, row in enumerate(found):
+            merged[p].extend(row)
+    return [sorted(row, key=lambda c: c[2])[:MAX_MEMBERS] for row in merged], length, late
+
+
+@register("span", SpanOptions, certifies=True)
 def span_attack(observation: Observation, budget: Budget, seed: int, options: SpanOptions) -> Reconstruction:
     """DAGER-style exact recovery (package doc; budget: module doc)."""
     start = time.perf_counter()
@@ -85,14 +117,21 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
     inputs = LayerInputs(obs.model)
     vocab = token_set(obs)
     info["token_set_size"] = int(vocab.numel())
-    found, length = members(obs, span1, inputs, vocab)
+    public = max(obs.seq_lengths) if obs.seq_lengths else None
+    found, length, late = members_until(obs, span1, inputs, vocab, public, budget.deadline(start))
     info["max_length"] = length
+    if late and obs.batch_size > 1:  # too little to link: the optimisation attacks start from scratch
+        info.update(span_check_passed=False, deadline_reached=True, reason="deadline reached while testing which "
+                    "tokens are in the span")
+        empty.seconds = time.perf_counter() - start
+        return empty
+    info["deadline_reached"] = late
     settled: list[int] = []
     descents = 0
     if obs.batch_size == 1:
         seqs = [[(row[0][0], row[0][1]) for row in found if row]]
         info["ambiguous_positions"] = sum(len(row) > 1 for row in found)
-        ok = all(found) and length > 0
+        ok = all(found) and length > 0 and (public is None or length == public)
     else:
         ledger = Ledger(obs, inputs, found)
         pools, resolved = ledger.pools()
@@ -119,11 +158,13 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
     if obs.batch_size > 1 and batch is not None:
         labels[: len(settled)] = settled  # certified sequences: the label whose gradient the ledger matched
     gdist = float("nan")
-    if (options.gradient_distance or obs.batch_size > 1) and batch is not None:
-        gdist = batch_cosine_distance(obs, {**batch, "labels": torch.tensor(labels)})
-    if obs.batch_size > 1:  # the assembled batch must reproduce the observed gradient to its precision
-        ok = ok and gdist < EPS32 + relative_error(obs) ** 2
+    if batch is not None:  # every B: the assembled batch must reproduce the observed gradient to its precision
+        reproduced, gdist = reproduces(obs, token_ids, labels, [[s for _, s in q] for q in seqs])
+        ok = ok and reproduced
+    else:
+        ok = False
     info["span_check_passed"] = bool(ok)
     texts = [tok.decode(q, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for q in token_ids]
     return Reconstruction(texts=texts, token_ids=token_ids, labels=labels, iterations=descents,
-                          seconds=time.perf_counter() - start, gradient_distance=gdist, info=info)
+                          seconds=time.perf_counter() - start, gradient_distance=gdist, info=info,
+                          certified=[bool(ok)] * len(token_ids))

@@ -11,12 +11,12 @@ gradient full rank, so the test fails instead of returning confident garbage.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from adversary.case import Observation
+from adversary.distance import relative_error  # noqa: F401 - re-exported: span's thresholds read it here
 from fedsim.core.train import EPS32
 
 Candidate = tuple[int, int]  # (token id, segment id)
@@ -121,43 +121,44 @@ def attention_grads(obs: Observation, layer: int) -> list[torch.Tensor] | None:
     return [obs.gradients[n] for n in names] if all(n in obs.gradients for n in names) else None
 
 
-def relative_error(obs: Observation) -> float:
-    """||E|| / ||G|| over the whole gradient: 1 - cos(G + E, G) is at most about half its square."""
-    if not obs.gradient_error:
-        return 0.0
-    norm = math.sqrt(sum(float(g.double().square().sum()) for g in obs.gradients.values()))
-    return obs.error_of(list(obs.gradients)) / max(norm, 1e-300)
-
-
 def nonzero_rows(obs: Observation, param: torch.nn.Parameter) -> list[int] | None:
     """Rows of a parameter's observed gradient that are not zero (None without its gradient)."""
     grad = obs.gradients.get(param_name(obs.model, param))
     return None if grad is None else torch.nonzero(grad.detach().norm(dim=1) > 0).squeeze(1).tolist()
 
 
-def members(obs: Observation, span: Span, inputs: LayerInputs, vocab: torch.Tensor
+MAX_MEMBERS = 256  # per position: more means the span holds (nearly) everything; only the closest are kept
+
+
+def members(obs: Observation, span: Span, inputs: LayerInputs, vocab: torch.Tensor, length: int | None = None
             ) -> tuple[list[list[tuple[int, int, float]]], int]:
-    """Per position, the (token, segment, distance) candidates inside the span. Positions come from the non-zero
-    position-gradient rows (padding leaves them zero), else until a position has no member."""
+    """Per position, the (token, segment, distance) candidates inside the span, at most :data:`MAX_MEMBERS`
+    (the closest). Positions: the first ``length`` (public lengths), else those up to the last non-zero
+    position-gradient row (padding leaves them zero), else until a position has no member."""
     emb = inputs.module
     pos_rows = nonzero_rows(obs, emb.position_embeddings.weight)
     types = nonzero_rows(obs, emb.token_type_embeddings.weight) or list(range(inputs.type.shape[0]))
     limit = (max(pos_rows) + 1) if pos_rows else inputs.pos.shape[0]
+    if length is not None:
+        limit, pos_rows = min(limit, length), pos_rows or list(range(length))
     found: list[list[tuple[int, int, float]]] = []
     if pos_rows and vocab.numel() * limit * len(types) <= 500_000:  # all positions in one batch
         dist = torch.stack([span.distance(inputs.x(vocab[:, None], torch.arange(limit), s)) for s in types])
         for p in range(limit):
             hits = torch.nonzero(dist[:, :, p] < span.tol).tolist()
             found.append(sorted(((int(vocab[i]), types[j], float(dist[j, i, p])) for j, i in hits),
-                                key=lambda c: c[2]))
+                                key=lambda c: c[2])[:MAX_MEMBERS])
         return found, limit
     for p in range(limit):
         row = []
         for s in types:
             dist = span.distance(inputs.x(vocab, p, s))
-            for i in torch.nonzero(dist < span.tol).squeeze(1).tolist():
+            inside = torch.nonzero(dist < span.tol).squeeze(1)
+            if inside.numel() > MAX_MEMBERS:
+                inside = inside[torch.topk(dist[inside], MAX_MEMBERS, largest=False).indices]
+            for i in inside.tolist():
                 row.append((int(vocab[i]), s, float(dist[i])))
         if not row and not pos_rows:
             break
-        found.append(sorted(row, key=lambda c: c[2]))
+        found.append(sorted(row, key=lambda c: c[2])[:MAX_MEMBERS])
     return found, len(found)

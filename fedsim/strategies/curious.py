@@ -61,7 +61,9 @@ class AttackPlan:
     num_labels: int
     truth: Callable[[list[int]], object]  # indices -> adversary.case.GroundTruth
     clients_per_round: int | None = None  # None: attack every client
+    rounds: frozenset[int] | None = None  # the rounds attacked (--attack-rounds); None: every round
     local_steps: int = 1  # SGD steps behind one update (FedAvg's E), each rounding the weights once
+    time_budget: float | None = None  # wall-clock seconds per job (--attack-time-budget); None: unbounded
 
 
 class CuriousServer(StrategyWrapper):
@@ -134,7 +136,9 @@ class CuriousServer(StrategyWrapper):
 
     # --- steps a subclass may override ---------------------------------------------------------------------
     def targets(self, server_round: int, replies: list[Message]) -> list[Message]:
-        """Which updates to attack: all, or K clients drawn from (seed, round)."""
+        """Which updates to attack: none outside the planned rounds; else all, or K clients drawn from (seed, round)."""
+        if self.plan.rounds is not None and server_round not in self.plan.rounds:
+            return []
         valid = sorted((m for m in replies if not m.has_error()), key=client_of)  # arrival order is random
         k = self.plan.clients_per_round
         if k is None or k >= len(valid):
@@ -189,7 +193,7 @@ class CuriousServer(StrategyWrapper):
             indices = truths[id(reply)]
             truth = self.plan.truth(indices) if indices is not None else None
             job = Job(round=server_round, client=client, method=self.plan.method, iterations=self.plan.iterations,
-                      seed=seeds.derive_seed(self.plan.seed, server_round, client, 11))
+                      seed=seeds.derive_seed(self.plan.seed, server_round, client, 11), seconds=self.plan.time_budget)
             self.attacker.submit(job, self.observation(server_round, reply), truth)
             self.submitted += 1
         aggregated = self.strategy.aggregate_train(server_round, replies)
