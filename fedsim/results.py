@@ -448,6 +448,12 @@ def _fmt(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:.3f}"
 
 
+def _clip(text: str | None, limit: int = 200) -> str:
+    """A reconstruction for the terminal: a guess of hundreds of junk tokens is cut (leakage.jsonl keeps it all)."""
+    text = text or ""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text.split())} words in all)"
+
+
 def bag_of_words_note(summary: dict[str, Any]) -> list[str]:
     """For an optimisation attack whose words came back without their order (ROUGE-2 under half of ROUGE-1):
     say so, and give the command that runs the worst-case attack on the same federation."""
@@ -500,7 +506,7 @@ def describe(summary: dict[str, Any], leaks: list[dict[str, Any]]) -> str:
             lines.append(f"    round {best['round']}, client {best['client']}:")
             for ref, rec in zip(best["reference"], best["reconstruction"]):
                 lines.append(f"      private  : {ref}")
-                lines.append(f"      recovered: {rec}")
+                lines.append(f"      recovered: {_clip(rec)}")
             lines += bag_of_words_note(summary)
         if att["errors"] and summary.get("rouge1_with_failures_as_zero") is not None:
             lines.append(f"    ROUGE-1 counting the {att['errors']} failed attack(s) as 0: "
