@@ -154,7 +154,8 @@ def best(observation: Observation, budget: Budget, seed: int, options: BestOptio
     rec.info.update(method="best", best_attack=winner, candidate_distances=distances, span_check_passed=passed,
                     warm_start=options.warm_start if init else "off",
                     iterations_per_attack={n: r.iterations for n, r in recs.items()},
-                    candidate_texts={n: r.texts for n, r in recs.items()})
+                    candidate_texts={n: r.texts for n, r in recs.items()},
+                    over_rank_limit=span.info.get("over_rank_limit"), span_reason=span.info.get("reason"))
     rec.iterations = sum(r.iterations for r in recs.values())
     rec.gradient_distance = distances[winner]
     certified = passed if winner == "span" else passes(observation, rec.token_ids, distances[winner])

@@ -76,3 +76,21 @@ def test_noise_makes_the_span_check_fail(tokenizer):
     name = "bert.encoder.layer.0.attention.self.query.weight"
     assert gradient_span([clean.gradients[name]]).passed
     assert not gradient_span([obs.gradients[name]]).passed
+
+
+def test_past_the_rank_limit_span_says_so_and_best_certifies_nothing(tokenizer):
+    """tiny has hidden size 32: two pii sentences (39 tokens) are past the rank limit of exact recovery."""
+    from adversary.case import observe
+    from adversary.options import Budget
+    from adversary.registry import run_attack
+    from fedsim.core.data import generate_pii
+    from fedsim.core.text import make_batch
+
+    data = generate_pii("train", 0, 2)
+    observation, truth = observe(build_model("tiny", "uniform:0.1", seed=0),
+                                 make_batch(tokenizer, data["text"], data["label"]), tokenizer, public_lengths=True)
+    assert sum(len(q) for q in truth.token_ids) > 32
+    span = run_attack("span", observation, Budget(100), seed=0)
+    assert span.info["over_rank_limit"] is True and "past the rank limit" in span.info["reason"]
+    best = run_attack("best", observation, Budget(5), seed=0, options={"attacks": ("tag",)})
+    assert best.info["over_rank_limit"] is True and best.certified == [False, False]

@@ -109,9 +109,17 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
                 span1.singular[span1.rank - 1]) if span1.rank < span1.singular.numel() else 1.0)
     empty = Reconstruction(texts=[""] * obs.batch_size, token_ids=[[] for _ in range(obs.batch_size)],
                            labels=list(info["analytic_labels"] or [0] * obs.batch_size), info=info)
+    # The rank limit: the first layer's weight gradients have rank <= min(N tokens, hidden size d), so the
+    # tokens are read from their span only while N <= d. N is known when the lengths are public.
+    hidden = int(grads1[0].shape[1])
+    tokens = int(sum(obs.seq_lengths)) if obs.seq_lengths else None
+    info.update(hidden_size=hidden, tokens=tokens, over_rank_limit=None if tokens is None else tokens > hidden)
     if not span1.passed:
-        info.update(span_check_passed=False, reason="no drop of the first layer's gradient spectrum to float32 "
-                    "rounding level (noised, or more tokens than the hidden size)")
+        reason = (f"past the rank limit: {tokens} tokens > hidden size {hidden}, the first layer's gradient is full "
+                  f"rank and exact recovery is impossible" if info["over_rank_limit"] else
+                  "no drop of the first layer's gradient spectrum to float32 rounding level (noised, or more tokens "
+                  "than the hidden size)")
+        info.update(span_check_passed=False, reason=reason)
         empty.seconds = time.perf_counter() - start
         return empty
     inputs = LayerInputs(obs.model)
