@@ -47,7 +47,7 @@ from adversary.options import Budget  # noqa: E402
 from adversary.registry import get_attack  # noqa: E402
 from fedsim.core.data import generate_pii, load_task  # noqa: E402
 from fedsim.core.errors import UsageError  # noqa: E402
-from fedsim.core.models import build_model, parse_init  # noqa: E402
+from fedsim.core.models import build_model, model_config, parse_init  # noqa: E402
 from fedsim.core.seeds import batch_seed  # noqa: E402
 from fedsim.core.text import load_tokenizer, make_batch  # noqa: E402
 from fedsim.report import markdown_table  # noqa: E402
@@ -64,6 +64,7 @@ TARGET_EXACT, TARGET_ROUGE1, TARGET_MAX_B = 0.95, 0.99, 32
 TARGET_SECONDS, TARGET_SECONDS_B = 60.0, 16
 INFO_FLAGS = ("span_check_passed", "deadline_reached", "certified_sequences", "descents", "rank", "best_attack",
               "reason")
+UNIT = (*CELL, "batch", "method", "seed", "iterations_budget", "time_budget", "public_lengths", "batch_sha")
 BATCH_COLUMNS = (*CELL, "batch", "method", "tokens", "distinct_inputs", "hidden", "over_rank_limit", "exact",
                  "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "iterations", *INFO_FLAGS,
                  "batch_sha", "resumed")
@@ -125,6 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # --- batches ------------------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
+    """One client's batch: its sentences and their labels (the labels enter the gradient)."""
+
     texts: list[str]
     labels: list[int]
 
@@ -264,53 +267,57 @@ def write_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[d
 
 # --- the run ------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Attack every batch of every cell; the rows (raw rows, with texts)."""
+    """Attack every batch of every cell; the rows in cell order (raw rows, with texts)."""
     args = parse_args(argv)
     args.started, args.load_start = time.perf_counter(), os.getloadavg()[0]
     LEDGER.reset()
     torch.set_num_threads(args.threads)
     common.quiet_libraries()
     get_attack(args.method)
+    for model_name in args.models:
+        model_config(model_name)  # an unknown model fails before any file is written
     tokenizer = load_tokenizer()
     plans = [(kind, size, make_batches(kind, size, args.batches, args.data_dir, args.seed))
              for size in args.batch_sizes for kind in args.kinds]  # every data error before any work
+    units = [({"model": m, "init": init, "B": size, "kind": kind, "method": args.method, "seed": args.seed,
+               "iterations_budget": args.iterations or 64 * size, "time_budget": args.time_budget,
+               "public_lengths": args.public_lengths, "batch": b, "batch_sha": batch_sha(batch)}, batch)
+             for m, init in zip(args.models, args.inits) for kind, size, batches in plans
+             for b, batch in enumerate(batches)]
     args.out.mkdir(parents=True, exist_ok=True)
     files = RunDir(args.out, "experiment")
     raw = f"raw/{NAME}.jsonl"
     earlier = Resume.rows(files.path(raw), "attacked batch", enabled=args.resume)
-    files.start(raw)
-    rows: list[dict[str, Any]] = []
-    same = [*CELL, "batch", "method", "seed", "iterations_budget", "time_budget", "public_lengths", "batch_sha"]
+    kept = earlier.keep([u for u, _ in units], UNIT, label=f"[{NAME}]")
+    done: dict[int, dict[str, Any]] = {}
 
-    def add(row: dict[str, Any]) -> None:
-        rows.append(row)
+    def add(i: int, row: dict[str, Any]) -> None:
+        done[i] = row
         files.append(raw, row)
-        write_tables(args, rows)
-        record_experiment(args.out, NAME, {"status": "running", "rows": len(rows),
-                                           "reused": sum(1 for r in rows if r.get("resumed")), "resume": args.resume})
+        write_tables(args, [done[k] for k in sorted(done)])
+        record_experiment(args.out, NAME, {"status": "running", "rows": len(done), "reused": len(kept),
+                                           "resume": args.resume})
 
-    for model_name, init in zip(args.models, args.inits):
-        model = None
-        for kind, size, batches in plans:
-            facts = {"model": model_name, "init": init, "B": size, "kind": kind, "method": args.method,
-                     "seed": args.seed, "iterations_budget": args.iterations or 64 * size,
-                     "time_budget": args.time_budget, "public_lengths": args.public_lengths}
-            wanted = [{**facts, "batch": b, "batch_sha": batch_sha(batch)} for b, batch in enumerate(batches)]
-            kept = earlier.keep(wanted, same, label=f"[{NAME}] {model_name} B={size} {kind}")
-            for b, batch in enumerate(batches):
-                if b in kept:
-                    add({**kept[b], "resumed": True})
-                    continue
-                if model is None:
-                    model = build_model(model_name, init, num_labels=2, vocab_size=len(tokenizer), seed=args.seed)
-                row = {**wanted[b], **attack_batch(model, tokenizer, batch, args, b), "resumed": False}
-                add(row)
-                print(f"[{NAME}] {model_name} B={size} {kind} batch {b + 1}/{len(batches)}: exact "
-                      f"{row['exact']:.2f} R-1 {row['rouge1']:.3f} R-2 {row['rouge2']:.3f} certified "
-                      f"{row['certified_share']:.2f} N {row['tokens']} / d {row['hidden']} {row['seconds']:.1f} s",
-                      file=sys.stderr, flush=True)
+    files.start(raw)
+    for i in sorted(kept):  # first, so that an interrupted resumed run loses none of them
+        add(i, {**kept[i], "resumed": True})
+    models: dict[str, Any] = {}
+    for i, (unit, batch) in enumerate(units):
+        if i in kept:
+            continue
+        name = unit["model"]
+        if name not in models:
+            models.clear()  # one model in memory at a time
+            models[name] = build_model(name, unit["init"], num_labels=2, vocab_size=len(tokenizer), seed=args.seed)
+        row = {**unit, **attack_batch(models[name], tokenizer, batch, args, unit["batch"]), "resumed": False}
+        add(i, row)
+        print(f"[{NAME}] {name} B={unit['B']} {unit['kind']} batch {unit['batch'] + 1}/{args.batches}: exact "
+              f"{row['exact']:.2f} R-1 {row['rouge1']:.3f} R-2 {row['rouge2']:.3f} certified "
+              f"{row['certified_share']:.2f} N {row['tokens']} / d {row['hidden']} {row['seconds']:.1f} s",
+              file=sys.stderr, flush=True)
+    rows = [done[k] for k in sorted(done)]
     stats = write_tables(args, rows) if rows else []
-    record_experiment(args.out, NAME, {"status": "done", "rows": len(rows), "reused": earlier.kept,
+    record_experiment(args.out, NAME, {"status": "done", "rows": len(rows), "reused": len(kept),
                                        "resume": args.resume})
     print(json.dumps(summary(args, stats)))
     return rows
