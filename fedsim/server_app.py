@@ -9,6 +9,7 @@ which resolves an epsilon budget into a sigma (``resolve_defense``), stacks the 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -124,7 +125,8 @@ def build_strategy(s: Settings, train_split: task.TaskData, recorder: Recorder, 
         strategy = PrivacyAccounting(strategy, delta=calibration.delta if calibration else DEFAULT_DELTA)
         recorder.extra.update(privacy_facts(s, calibration))
     if s.attack != "none":
-        attacker = attacker or make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads)
+        attacker = attacker or make_attacker(s.attack_backend, s.attack_gpus, s.attack_threads, s.attack_actors,
+                                             s.ray_address or os.environ.get("RAY_ADDRESS", ""))
         strategy = CuriousServer(strategy, attacker, attack_plan(s, train_split), on_records=recorder.leakage,
                                  note=recorder.note, timeout=s.attack_timeout, stop=stop)
     return strategy

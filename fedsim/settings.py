@@ -218,7 +218,12 @@ class Settings(RunOptions):
     attack_backend: str = option("ray", "ray: a Ray actor beside the federation, rounds do not wait for it; inline: "
                                  "in the server, blocking (tests, debugging)", group="curious server",
                                  choices=ATTACK_BACKENDS)
-    attack_gpus: str = option("auto", "GPUs for the attack actor: auto (1 if CUDA is visible), 0 or 1",
+    attack_gpus: str = option("auto", "GPUs per attack actor: auto (1 if the Ray cluster has GPUs), 0 or 1",
+                              group="curious server")
+    attack_actors: int = option(0, "attack actors in the Ray pool; 0 = one per free GPU of the cluster, else 1",
+                                group="curious server", shown="auto")
+    ray_address: str = option("", "join the Ray cluster at this address (ip:port, as `ray start --head` prints) "
+                              "instead of starting a local Ray; default: RAY_ADDRESS, else local",
                               group="curious server")
     attack_threads: int = option(0, "torch threads for the attack; 0 = all cores but one", group="curious server")
     attack_timeout: float = option(600.0, "seconds to wait for unfinished attacks after the last round",
@@ -247,6 +252,10 @@ class Settings(RunOptions):
         if self.attack_backend not in ATTACK_BACKENDS:
             raise UsageError(f"unknown attack backend {self.attack_backend!r}; accepted: {', '.join(ATTACK_BACKENDS)}")
         self.attack_threads = max(0, int(self.attack_threads))
+        if not str(self.attack_actors).strip().isdigit():
+            raise UsageError(f"--attack-actors must be 0 (auto) or a positive integer, got {self.attack_actors!r}")
+        self.attack_actors = int(self.attack_actors)
+        self.ray_address = str(self.ray_address or "").strip()
         self.eval_examples = max(0, int(self.eval_examples or 0))
         self.attack_gpus = str(self.attack_gpus)
         if self.attack_gpus.lower() != "auto":

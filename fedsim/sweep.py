@@ -134,7 +134,8 @@ def run_record(label: str, attack: str, settings: Settings, summary: dict[str, A
 
 
 # How a run executes, not what it computes: a run that differs only in these is the same run.
-_EXECUTION_ONLY = ("out", "data-dir", "attack-backend", "attack-gpus", "attack-threads", "attack-timeout")
+_EXECUTION_ONLY = ("out", "data-dir", "attack-backend", "attack-gpus", "attack-threads", "attack-timeout",
+                   "attack-actors", "ray-address")
 
 
 def run_key(settings: Settings) -> list[str]:
