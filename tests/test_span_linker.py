@@ -85,3 +85,30 @@ def test_the_attack_counts_descents_as_iterations_and_stops_at_its_budget(same_l
     starved = run_attack("span", obs, Budget(1), seed=0)
     assert starved.iterations == 1 and not starved.info["span_check_passed"]
     assert run_attack("span", obs, Budget(1000), seed=0, options={"max_descents": 1}).iterations == 1
+
+
+SHARED = ["the cat saw a dog", "a dog saw the cat"]  # the same words: neither explains a token's gradient alone
+NEIGHBOURS = ["susan told her a story", "susan told a story to her", "he left"]  # CoLA-like neighbours
+
+
+def test_sentences_with_the_same_words_explain_the_ledger_only_together(tiny, tokenizer):
+    _, ledger, _, truth = build(tiny, tokenizer, SHARED, [0, 1])
+    assert [ledger.explain(q)[2] for q in truth] == [0, 0]
+    labels, rows, explained = ledger.explain_group(truth)
+    assert labels == [0, 1] and explained == sum(len(q) for q in truth)  # every occurrence, [CLS]/[SEP] too
+    first, second = truth  # the same tokens at the same positions, wrongly joined: they add up to nothing
+    mixed = [first[:3] + second[3:], second[:3] + first[3:]]
+    assert ledger.explain_group(mixed)[2] == 0
+
+
+@pytest.mark.parametrize("texts", [SHARED, NEIGHBOURS])
+def test_assemble_recovers_sentences_that_share_their_words(tiny, tokenizer, texts):
+    """A true sequence whose tokens are all in other unsettled ones waits, and is settled once they are (or with
+    its partner); it used to be rejected for good, leaving the batch unfinished well within the budget."""
+    labels = [0, 1, 1][: len(texts)]
+    obs, ledger, linker, truth = build(tiny, tokenizer, texts, labels)
+    done = assemble(obs, ledger, linker, obs.tokenizer.sep_token_id, seed=0, restarts=4, budget=64)
+    assert done.certified == len(texts) and sorted(done.sequences) == sorted(truth)
+    assert sorted(done.labels) == sorted(labels)
+    rec = run_attack("span", obs, Budget(1000), seed=0)
+    assert rec.info["span_check_passed"] and sorted(rec.texts) == sorted(texts)

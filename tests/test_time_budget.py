@@ -60,7 +60,8 @@ def test_best_on_a_noised_gradient_given_5_s_returns_within_10_s(noised):
 
 def test_span_stops_testing_the_whole_vocabulary_at_its_deadline(tokenizer):
     """Under noise too small to stop span, every embedding-gradient row is non-zero: the token set is the whole
-    vocabulary, and testing it took 14-20 s here on tinybert4 (B = 1). With 2 s it answers within 4 s."""
+    vocabulary, and testing it took 2 s (idle) to 20 s (loaded) here on tinybert4 (B = 1). Given 0.3 s it stops
+    between chunks and answers within 4 s."""
     from defenses import build_gradient_fn
     from fedsim.core.models import build_model
 
@@ -68,7 +69,7 @@ def test_span_stops_testing_the_whole_vocabulary_at_its_deadline(tokenizer):
     observation, truth = observe(model, make_batch(tokenizer, ["james green paid 102 dollars."], [1]), tokenizer,
                                  gradient_fn=build_gradient_fn(["noise:sigma=1e-12"], generator=0))
     start = time.perf_counter()
-    rec = run_attack("span", observation, Budget(1000, 2.0), seed=0)
+    rec = run_attack("span", observation, Budget(1000, 0.3), seed=0)  # the whole test takes ~2 s unloaded
     assert time.perf_counter() - start < 4.0
     assert rec.info["deadline_reached"]
     assert rec.token_ids[0][:1] == truth.token_ids[0][:1]  # what it had: the likeliest tokens are tested first

@@ -15,7 +15,8 @@ descent on their mean distance to that span (single-position changes, then excha
 when those are stuck), from random starts, then from starts pinned to each (position, token).
 A certified sequence is settled: its own embedding gradient (exact, the batch loss being a mean of per-sequence
 losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
-a sequence in the span that explains no token's gradient is rejected.
+a sequence in the span that explains no token's gradient waits (neighbouring sentences can share all their
+words): it is tried again after each settle, and in pairs with the other waiting ones.
 
 Thresholds come from the gradients and float32 precision: rank at the largest singular-value drop that lands at
 rounding level (eps32 * ||G||_F); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality

@@ -11,6 +11,7 @@ row of a token found at one position only is orthogonal to that input and to no 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 
@@ -33,6 +34,7 @@ class Ledger:
     def __init__(self, obs: Observation, inputs: LayerInputs, members: list[list[tuple[int, int, float]]]) -> None:
         self.obs, self.inputs = obs, inputs
         self.superset = [[(t, s) for t, s, _ in row] for row in members]
+        self._cache: dict[tuple[Candidate, ...], tuple[int, torch.Tensor]] = {}
         gw_name = word_embedding_name(obs.model)
         gp_name = param_name(obs.model, inputs.module.position_embeddings.weight)
         self.usable = gw_name in obs.gradients and gp_name in obs.gradients
@@ -98,29 +100,48 @@ class Ledger:
                for p in range(n)]
         return out, [not o for o in open_]
 
+    def _grads(self, seq: list[Candidate]) -> tuple[int, torch.Tensor]:
+        """The sequence's predicted label and its own embedding gradient for every label (K x L x d, float64),
+        kept: a sequence's own gradient does not change as the ledger does, so re-explaining it is arithmetic."""
+        key = tuple(seq)
+        if key not in self._cache:
+            model, bsz = self.obs.model, self.obs.batch_size
+            ids = torch.tensor([[t for t, _ in seq]])
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = model(inputs_embeds=embeds, token_type_ids=torch.tensor([[s for _, s in seq]]),
+                           attention_mask=torch.ones_like(ids)).logits
+            rows = [torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([y])) / bsz, embeds,
+                                        retain_graph=True)[0][0].double() for y in range(logits.shape[-1])]
+            self._cache[key] = (int(logits.argmax()), torch.stack(rows))
+        return self._cache[key]
+
     def explain(self, seq: list[Candidate]) -> tuple[int, torch.Tensor, int]:
         """The sequence's own embedding gradient for the label that explains the ledger best: (label, rows, how
-        many of its tokens it explains completely). A wrong sequence explains none."""
-        model, bsz = self.obs.model, self.obs.batch_size
-        ids = torch.tensor([[t for t, _ in seq]])
-        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        logits = model(inputs_embeds=embeds, token_type_ids=torch.tensor([[s for _, s in seq]]),
-                       attention_mask=torch.ones_like(ids)).logits
-        best: tuple[int, float, int, torch.Tensor] | None = None
-        for y in range(logits.shape[-1]):
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor([y])) / bsz
-            e = torch.autograd.grad(loss, embeds, retain_graph=True)[0][0].double()
-            if not self.usable:
-                return int(logits.argmax()), e, 1
-            rest = {t: self.word[t].clone() for t, _ in seq}
-            for p, (t, _) in enumerate(seq):
-                rest[t] -= e[p]
-            explained = sum(float(r.norm()) <= self.zero * max(self.word0[t], float(e[p].norm()))
-                            for p, (t, r) in enumerate((t, rest[t]) for t, _ in seq))
+        many of its tokens it explains completely). A wrong sequence explains none; so does a true one whose every
+        token is also in another unsettled sequence (see :meth:`explain_group`)."""
+        labels, rows, explained = self.explain_group([seq])
+        return labels[0], rows[0], explained
+
+    def explain_group(self, seqs: list[list[Candidate]]) -> tuple[list[int], list[torch.Tensor], int]:
+        """Several sequences' own embedding gradients, for the labels that explain the ledger best together:
+        (labels, rows, how many of their token occurrences they explain completely). Two true sequences that
+        share all their tokens explain nothing one at a time, only together; wrong ones do not add up to the
+        word rows, alone or together."""
+        grads = [self._grads(q) for q in seqs]
+        if not self.usable:
+            return [g[0] for g in grads], [g[1][g[0]] for g in grads], 1
+        best: tuple[int, float, tuple[int, ...]] | None = None
+        for ys in itertools.product(*(range(g[1].shape[0]) for g in grads)):
+            rest = {t: self.word[t].clone() for q in seqs for t, _ in q}
+            for q, g, y in zip(seqs, grads, ys):
+                for p, (t, _) in enumerate(q):
+                    rest[t] -= g[1][y, p]
+            explained = sum(float(rest[t].norm()) <= self.zero * max(self.word0[t], float(g[1][y, p].norm()))
+                            for q, g, y in zip(seqs, grads, ys) for p, (t, _) in enumerate(q))
             miss = sum(float(r.norm()) / max(self.word0[t], 1e-300) for t, r in rest.items())
-            if best is None or (-explained, miss) < (-best[2], best[1]):
-                best = (y, miss, explained, e)
-        return best[0], best[3], best[2]
+            if best is None or (-explained, miss) < (-best[0], best[1]):
+                best = (explained, miss, ys)
+        return list(best[2]), [g[1][y] for g, y in zip(grads, best[2])], best[0]
 
     def settle(self, seq: list[Candidate], rows: torch.Tensor) -> None:
         """Take a certified sequence's own embedding-gradient ``rows`` (from :meth:`explain`) off the ledger."""

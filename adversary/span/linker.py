@@ -4,14 +4,17 @@ The first FFN's input-weight gradient spans each position's attention output, a 
 Sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate descent on their mean
 distance to that span (single-position changes, then exchanges of two positions' tokens when those are stuck),
 from random starts, then from starts pinned to each (position, token). A sequence certified below sqrt(eps32)
-(the geometric mean of eps32 and 1) is settled in the ledger, whose pools then shrink; a sequence in the span that
-explains no token's gradient is rejected.
+(the geometric mean of eps32 and 1) that explains a token's gradient is settled in the ledger, whose pools then
+shrink; one in the span that explains none waits (each of its tokens may be in another unsettled sequence too):
+it is tried again after each settle, and in pairs with the other waiting ones.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,8 @@ from adversary.case import Observation
 from adversary.span.ledger import Ledger
 from adversary.span.subspace import Candidate, Span
 from fedsim.core.train import EPS32
+
+PAIRED = 32  # waiting sequences tried in pairs (the closest to the span): pairs grow as its square
 
 
 class Linker:
@@ -125,16 +130,18 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
              budget: int, deadline: float = math.inf) -> Assembly:
     """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
     lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
-    (exact positions first); the first sequence under sqrt(eps32) (the geometric mean of float32 precision and 1)
-    is settled in the ledger and the pools recomputed. Unfilled slots get the best uncertified minima. At most
-    ``budget`` descents in all, none started past ``deadline`` (a ``time.perf_counter()`` value)."""
+    (exact positions first); a sequence under sqrt(eps32) (the geometric mean of float32 precision and 1) that
+    explains a token's gradient is settled in the ledger and the pools recomputed. One that explains none waits:
+    its tokens may all be in other unsettled sequences (neighbouring sentences share words), so it is tried again
+    after each settle, and in pairs with the other waiting ones. Unfilled slots get the best uncertified minima.
+    At most ``budget`` descents in all, none started past ``deadline`` (a ``time.perf_counter()`` value)."""
     rng = np.random.default_rng(seed)
     cert = math.sqrt(EPS32)
     left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
     found: list[tuple[Candidate, ...]] = []
     labels: list[int] = []
     minima: dict[tuple[Candidate, ...], float] = {}
-    rejected: set[tuple[Candidate, ...]] = set()
+    waiting: list[tuple[Candidate, ...]] = []  # in the span, explaining no token yet
     descents, out_of_time = 0, False
 
     def attempts(pools: list[list[Candidate]], resolved: list[bool], ends: list[int]):
@@ -147,7 +154,32 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                 if p < e or (p == e and c[0] == sep):
                     yield e, {p: c}
 
+    def fits(group: list[tuple[Candidate, ...]]) -> bool:
+        """Room in the batch (and, with public lengths, for these lengths) for ``group``."""
+        if len(found) + len(group) > obs.batch_size or any(q in found for q in group):
+            return False
+        return left is None or all(left.get(n, 0) >= k for n, k in Counter(map(len, group)).items())
+
+    def accept(seq: tuple[Candidate, ...] | None) -> list[tuple[tuple[Candidate, ...], int, torch.Tensor]]:
+        """``seq`` (or, for None, any waiting sequence) when it explains a token's gradient, alone or in a pair
+        with a waiting one (the closest :data:`PAIRED` of them); [] when none does."""
+        singles = [seq] if seq is not None else list(waiting)
+        for q in singles:
+            if fits([q]):
+                label, rows, explained = ledger.explain(list(q))
+                if explained:
+                    return [(q, label, rows)]
+        near = sorted(waiting, key=minima.get)[:PAIRED]
+        pairs = [(seq, q) for q in near if q != seq] if seq is not None else list(itertools.combinations(near, 2))
+        for pair in pairs:
+            if fits(list(pair)):
+                ys, rows, explained = ledger.explain_group([list(q) for q in pair])
+                if explained:
+                    return list(zip(pair, ys, rows))
+        return []
+
     while len(found) < obs.batch_size and descents < budget and not out_of_time:
+        new = accept(None) if waiting and found else []  # the last settle may have freed a waiting sequence
         pools, resolved = ledger.pools()
         ends = [e for e in range(1, len(pools)) if any(t == sep for t, _ in pools[e])]
         if left is not None:
@@ -160,8 +192,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                 sub[p] = [c for c in sub[p] if c[0] != sep] or sub[p]
             if all(sub):
                 subs[e] = sub
-        new = None
-        for e, pinned in attempts(pools, resolved, list(subs)):
+        for e, pinned in [] if new else attempts(pools, resolved, list(subs)):
             if descents >= budget:
                 break
             if time.perf_counter() > deadline:
@@ -172,21 +203,23 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
             start = [pool[int(rng.integers(len(pool)))] for pool in sub]
             seq, d = linker.descend(start, sub, stop=cert, deadline=deadline)
             minima[seq] = min(d, minima.get(seq, float("inf")))
-            if d < cert and seq not in found and seq not in rejected:
-                label, rows, explained = ledger.explain(list(seq))
-                if explained:
-                    new = seq
+            if d < cert and seq not in found and seq not in waiting:
+                new = accept(seq)
+                if new:
                     break
-                rejected.add(seq)  # in the span but explains no token's gradient: not a batch sequence
-        if new is None:
+                waiting.append(seq)
+        if not new:
             break
-        found.append(new)
-        labels.append(label)
-        ledger.settle(list(new), rows)
-        if left is not None:
-            left[len(new)] -= 1
+        for seq, label, rows in new:
+            found.append(seq)
+            labels.append(label)
+            ledger.settle(list(seq), rows)
+            if seq in waiting:
+                waiting.remove(seq)
+            if left is not None:
+                left[len(seq)] -= 1
     n_cert = len(found)
-    rest = sorted((q for q in minima if q not in found and q not in rejected), key=minima.get)
+    rest = sorted((q for q in minima if q not in found), key=minima.get)
     rest = rest[: obs.batch_size - n_cert]
     chosen = found + rest
     return Assembly([list(q) for q in chosen], [minima[q] for q in chosen], labels, n_cert, descents, out_of_time)
