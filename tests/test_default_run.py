@@ -9,7 +9,7 @@ import pytest
 from fedsim.core.errors import UsageError
 from fedsim.results import bag_of_words_note
 from fedsim.settings import Settings
-from tests.test_federation import _one_thread, _task_identity, read, run_local, small  # noqa: F401 - fixtures
+from test_federation import _one_thread, _task_identity, read, run_local, small  # noqa: F401 - fixtures
 
 
 def test_the_defaults_are_a_learning_model_attacked_every_third_round():
