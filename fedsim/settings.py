@@ -43,6 +43,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_or_all(text: str) -> int:
+    """A count where 0 means "all" (``--eval-examples``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0 = all), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0 = all), got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -199,7 +210,7 @@ class Settings(RunOptions):
     init: str = redefault(RunOptions, "init", "pretrained")
     batch_size: int = redefault(RunOptions, "batch_size", 2)
     partition: str = option("iid", "iid or dirichlet:ALPHA (label skew)", group="data")
-    eval_examples: int = option(0, "evaluate on the first N dev examples", group="data", parse=positive_int,
+    eval_examples: int = option(0, "evaluate on the first N dev examples (0: all)", group="data", parse=count_or_all,
                                 shown="all")
     clients: int = option(2, "clients in the federation", group="federation", parse=positive_int)
     rounds: int = option(12, "federated rounds", group="federation", parse=positive_int)

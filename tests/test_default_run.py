@@ -54,3 +54,16 @@ def test_a_bag_of_words_names_itself_and_gives_the_worst_case_command():
 @pytest.mark.parametrize("attack, r1, r2", [("tag", 0.9, 0.8), ("tag", 0.1, 0.0), ("best", 0.6, 0.05)])
 def test_no_note_when_the_order_came_back_or_nothing_did_or_the_attack_is_already_the_worst_case(attack, r1, r2):
     assert bag_of_words_note(_summary(attack, r1, r2)) == []
+
+
+def test_eval_examples_zero_means_all_on_the_command_line_and_a_negative_count_is_exit_2(capsys):
+    import argparse
+
+    from fedsim.settings import add_options, from_args
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Settings)
+    assert from_args(Settings, parser.parse_args(["--eval-examples", "0"])).eval_examples == 0
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--eval-examples", "-1"])
+    assert exit_info.value.code == 2 and "'-1'" in capsys.readouterr().err
