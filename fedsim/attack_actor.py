@@ -89,6 +89,10 @@ def score_result(result: dict[str, Any], truth, special_ids: Collection[int] | N
                               "reconstruction": list(reconstruction.texts) if reconstruction is not None else None}
     if reconstruction is not None and "error" not in result:
         record["certified"] = list(reconstruction.certified)  # per sequence: reproduces the gradient
+        info = reconstruction.info
+        record["over_rank_limit"] = info.get("over_rank_limit")  # None: unknown (the lengths are private)
+        if not all(reconstruction.certified) and (info.get("reason") or info.get("span_reason")):
+            record["why_not_certified"] = info.get("reason") or info.get("span_reason")  # the exact path's own words
         try:
             if truth is None:
                 raise RuntimeError("the client reported no ground truth; the reconstruction cannot be scored")

@@ -122,3 +122,15 @@ def test_span_does_not_certify_junk_under_tiny_noise(tiny, tokenizer):
     assert best.info["best_attack"] != "span" or exact  # the yardstick chose, not span's check
     assert "lamp" in best.info["candidate_distances"] and best.certified == [False]
     assert reproduces(observation, truth.token_ids, truth.labels)[0]  # the truth would have been certified
+
+
+def test_a_leakage_record_says_why_the_exact_path_did_not_certify():
+    truth = GroundTruth(["a b"], [[CLS, 5, 6, SEP]], [0])
+    guessed = Reconstruction(["a b"], [[CLS, 5, 6, SEP]], [0],
+                             info={"over_rank_limit": True, "reason": "past the rank limit: 39 tokens > hidden size 32"})
+    record = score_result({"round": 1, "client": 0, "method": "best", "result": guessed, "seconds": 1.0}, truth, None)
+    assert record["certified"] == [False] and record["over_rank_limit"] is True
+    assert record["why_not_certified"].startswith("past the rank limit")
+    certified = Reconstruction(["a b"], [[CLS, 5, 6, SEP]], [0], certified=[True], info={"over_rank_limit": False})
+    record = score_result({"round": 1, "client": 0, "method": "span", "result": certified, "seconds": 1.0}, truth, None)
+    assert "why_not_certified" not in record and record["over_rank_limit"] is False
