@@ -26,7 +26,7 @@ from fedsim.attack_actor import Attacker, make_attacker
 from fedsim.core.data import partition
 from fedsim.core.seeds import seed_everything
 from fedsim.core.text import load_tokenizer
-from fedsim.results import Recorder
+from fedsim.recorder import Recorder
 from fedsim.settings import Settings
 from fedsim.strategies import (AttackPlan, CuriousServer, FedAvgWithLog, PrivacyAccounting, RunInterrupted,
                                layer)

@@ -28,7 +28,7 @@ from flwr.simulation import run_simulation
 
 from fedsim.client_app import app as client_app
 from fedsim.core.errors import UsageError
-from fedsim.results import Recorder
+from fedsim.recorder import Recorder
 from fedsim.server_app import make_server_app, resolve_defense
 from fedsim.settings import Settings
 

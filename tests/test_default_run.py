@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.core.errors import UsageError
-from fedsim.results import bag_of_words_note
+from fedsim.recorder import bag_of_words_note
 from fedsim.settings import Settings
 from test_federation import _one_thread, _task_identity, read, run_local, small  # noqa: F401 - fixtures
 

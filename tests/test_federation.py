@@ -111,7 +111,7 @@ def small(tmp_path: Path, **overrides) -> Settings:
 
 def run_local(settings: Settings, **grid_kwargs):
     from fedsim.server_app import run_server
-    from fedsim.results import Recorder
+    from fedsim.recorder import Recorder
 
     lines: list[str] = []
     recorder = Recorder(settings, echo=lines.append)
@@ -155,7 +155,7 @@ class _Nodes:
 
 
 def curious(settings: Settings, attacker, train):
-    from fedsim.results import Recorder
+    from fedsim.recorder import Recorder
     from fedsim.server_app import build_strategy
     from fedsim.strategies import layer
 

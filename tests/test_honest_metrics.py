@@ -81,7 +81,7 @@ def test_the_actor_never_receives_ground_truth(monkeypatch, tiny, tokenizer):
 
 
 def test_summary_counts_failures(tmp_path):
-    from fedsim.results import Recorder, describe
+    from fedsim.recorder import Recorder, describe
     from fedsim.settings import Settings
 
     recorder = Recorder(Settings(out=str(tmp_path), attack="tag"), echo=lambda line: None)

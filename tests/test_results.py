@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedsim.cli import main
-from fedsim.results import FILES, LEDGER, Recorder, Resume, RunDir, declared, read_run, read_summary
+from fedsim.recorder import Recorder
+from fedsim.results import FILES, LEDGER, Resume, RunDir, declared, read_run, read_summary
 from fedsim.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
