@@ -93,10 +93,26 @@ def token_f1(reference: Sequence[int], candidate: Sequence[int]) -> float:
     return 2 * recall * precision / (recall + precision)
 
 
+def rouge_matrices(references: Sequence[str], candidates: Sequence[str]) -> dict[str, np.ndarray]:
+    """ROUGE-1/2/L F of every reference (rows) against every reconstruction (columns), one matrix per type."""
+    pairs = [[rouge(r, c) for c in candidates] for r in references]
+    return {k: np.array([[p[k] for p in row] for row in pairs], dtype=float).reshape(len(references),
+                                                                                  len(candidates))
+            for k in ROUGE_TYPES}
+
+
 def rouge1_matrix(references: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
     """ROUGE-1 F of every reference (rows) against every reconstruction (columns)."""
-    return np.array([[rouge(r, c)["rouge1"] for c in candidates] for r in references], dtype=float).reshape(
-        len(references), len(candidates))
+    return rouge_matrices(references, candidates)["rouge1"]
+
+
+TIE_BREAK = 1e-9  # ROUGE-2 and ROUGE-L weigh this little: they only choose among equal-ROUGE-1 pairings
+
+
+def pairing_matrix(matrices: dict[str, np.ndarray]) -> np.ndarray:
+    """What :func:`assign` maximises: ROUGE-1, ties broken by ROUGE-2 and ROUGE-L (two sentences with the same
+    words in another order tie on ROUGE-1; pairing them crosswise would understate ROUGE-2 of an exact answer)."""
+    return matrices["rouge1"] + TIE_BREAK * (matrices["rouge2"] + matrices["rougeL"])
 
 
 def random_pairing_rouge1(matrix: np.ndarray) -> float:
@@ -113,10 +129,11 @@ def random_pairing_rouge1(matrix: np.ndarray) -> float:
 
 def assign(references: Sequence[str], candidates: Sequence[str],
            matrix: np.ndarray | None = None) -> list[int | None]:
-    """For each reference, the index of its reconstruction under the best ROUGE-1 assignment (None if unpaired)."""
+    """For each reference, the index of its reconstruction under the best ROUGE-1 assignment (None if unpaired);
+    ``matrix``: what to maximise (default :func:`pairing_matrix`)."""
     if len(references) == 1 and len(candidates) == 1:
         return [0]
-    matrix = rouge1_matrix(references, candidates) if matrix is None else matrix
+    matrix = pairing_matrix(rouge_matrices(references, candidates)) if matrix is None else matrix
     rows, cols = linear_sum_assignment(matrix, maximize=True)
     pairing: list[int | None] = [None] * len(references)
     for r, c in zip(rows, cols):
@@ -135,8 +152,8 @@ def score(reconstruction: Reconstruction, truth: GroundTruth, special_ids: Colle
     tokenizer (:func:`special_ids_of`); default BERT's. The attack's ``info`` is not read for them."""
     special = set(special_ids if special_ids is not None else BERT_SPECIAL_IDS)
     single = len(truth.texts) == 1 and len(reconstruction.texts) == 1
-    matrix = None if single else rouge1_matrix(truth.texts, reconstruction.texts)
-    pairing = assign(truth.texts, reconstruction.texts, matrix)
+    matrices = None if single else rouge_matrices(truth.texts, reconstruction.texts)
+    pairing = assign(truth.texts, reconstruction.texts, None if single else pairing_matrix(matrices))
     per_ref: list[dict[str, float | None]] = []
     for i, j in enumerate(pairing):
         ref_ids = content(truth.token_ids[i], special)
@@ -146,7 +163,8 @@ def score(reconstruction: Reconstruction, truth: GroundTruth, special_ids: Colle
             continue
         guesses = [content(step[j], special) for step in reconstruction.trajectory if j < len(step)]
         guesses.append(content(reconstruction.token_ids[j], special))
-        scores = rouge(truth.texts[i], reconstruction.texts[j])
+        scores = rouge(truth.texts[i], reconstruction.texts[j]) if single else \
+            {k: float(matrices[k][i, j]) for k in ROUGE_TYPES}
         paired = scores["rouge1"] > 0  # a pairing with no overlap says nothing about which label goes where
         per_ref.append({
             **scores,
@@ -158,7 +176,7 @@ def score(reconstruction: Reconstruction, truth: GroundTruth, special_ids: Colle
             "token_f1": token_f1(ref_ids, guesses[-1]),
         })
     result = {key: _mean([p[key] for p in per_ref]) for key in per_ref[0]}
-    result["rouge1_random_pairing"] = result["rouge1"] if single else random_pairing_rouge1(matrix)
+    result["rouge1_random_pairing"] = result["rouge1"] if single else random_pairing_rouge1(matrices["rouge1"])
     certified = list(getattr(reconstruction, "certified", []) or [])
     result["certified_share"] = float(np.mean(certified)) if certified else 0.0
     analytic = reconstruction.info.get("analytic_labels")

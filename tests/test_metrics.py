@@ -66,3 +66,14 @@ def test_assignment_with_fewer_reconstructions():
     truth = GroundTruth(["a b", "c d"], [[CLS, 1, 2, SEP], [CLS, 3, 4, SEP]], [0, 0])
     rec = Reconstruction(["c d"], [[CLS, 3, 4, SEP]], [0])
     assert score(rec, truth, special_ids={CLS, SEP})["rouge1"] == 0.5  # the unpaired reference scores 0
+
+
+def test_pairing_breaks_rouge1_ties_by_word_order():
+    """Same words, another order: ROUGE-1 ties both ways; an exact answer must be paired with itself."""
+    from adversary.case import GroundTruth, Reconstruction
+    from adversary.metrics import score
+
+    a, b = "the cat saw a dog", "a dog saw the cat"
+    truth = GroundTruth([a, b], [[101, 1, 102], [101, 2, 102]], [0, 1])
+    result = score(Reconstruction([b, a], [[101, 2, 102], [101, 1, 102]], [1, 0]), truth)
+    assert result["assignment"] == [1, 0] and result["rouge2"] == 1.0 and result["rougeL"] == 1.0
