@@ -5,10 +5,14 @@ on a small CPU machine they still compete for the cores. Round wall time is meas
 global evaluation to the next (training, aggregation, submitting the jobs and evaluation). Round 1 also starts
 Ray's client workers, so the headline numbers are the mean over rounds 2..R ("steady"); round 1 is reported apart.
 Prints one line per run on stderr and, last on stdout, one JSON object with ``round_seconds_off``,
-``round_seconds_on`` and ``ratio`` (on / off).
+``round_seconds_on`` and ``ratio`` (on / off) for the first ``--attack-actors`` value, and under ``actors`` the
+same per pool size N with ``attacks_per_hour``: attack jobs completed per hour of the run's wall time (training
+plus the wait for outstanding jobs). Each actor runs one torch thread (``--attack-threads 1``): "pinned to one
+core". ``--ray-address`` runs everything on an existing cluster (e.g. two ``ray start`` nodes on this host).
 
     python experiments/bench_federation.py                  # the `fedleak simulate` default, attack off vs on
     python experiments/bench_federation.py --model tiny --init uniform:0.1 --rounds 4
+    python experiments/bench_federation.py --model tiny --init uniform:0.1 --rounds 4 --attack-actors 1 2
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--attack", default=d.attack, choices=("tag", "dlg"))
     parser.add_argument("--attack-iterations", type=int, default=d.attack_iterations)
     parser.add_argument("--attack-backend", default=d.attack_backend, choices=("ray", "inline"))
+    parser.add_argument("--attack-actors", type=int, nargs="+", default=[1], help="pool sizes to measure (default 1)")
+    parser.add_argument("--attack-clients", default="all", help="all, or K per round (default: all)")
+    parser.add_argument("--attack-rounds", default="all", help="all, every:K or a list (default: all)")
+    parser.add_argument("--ray-address", default="", help="an existing Ray cluster (default: a local Ray)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", default=None, help="keep both runs' files here (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -56,10 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_libraries()
     root = args.out or tempfile.mkdtemp(prefix="bench_federation_")
     runs = {}
-    for label, attack in (("off", "none"), ("on", args.attack)):
+    if min(args.attack_actors) < 1:
+        parser.error(f"--attack-actors must be >= 1, got {min(args.attack_actors)}")
+    plan = [("off", "none", 1)] + [(f"on_{n}", args.attack, n) for n in args.attack_actors]
+    for label, attack, actors in plan:
         settings = Settings(model=args.model, init=args.init, dataset=args.dataset, clients=args.clients,
                             rounds=args.rounds, batch_size=args.batch_size, attack=attack,
                             attack_iterations=args.attack_iterations, attack_backend=args.attack_backend,
+                            attack_clients=args.attack_clients, attack_rounds=args.attack_rounds,
+                            attack_actors=actors, attack_threads=1, ray_address=args.ray_address,
                             seed=args.seed, out=os.path.join(root, f"attack_{label}"))
         start = time.perf_counter()
         summary = simulate.run(settings, echo=lambda line: None)
@@ -69,7 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"attack {label:3s}: round 1 {seconds[0]:.1f} s, later rounds {runs[label]['steady']:.2f} s, "
               f"{runs[label]['wall']:.0f} s in all (status {summary['status']})", file=sys.stderr, flush=True)
 
-    off, on = runs["off"], runs["on"]
+    off, on = runs["off"], runs[f"on_{args.attack_actors[0]}"]
+    actors = {str(n): {"round_seconds_on": runs[f"on_{n}"]["steady"], "ratio": runs[f"on_{n}"]["steady"] / off["steady"],
+                       "wall_seconds_on": runs[f"on_{n}"]["wall"],
+                       "attacks_scored": runs[f"on_{n}"]["summary"]["attacks"]["scored"],
+                       "attacks_per_hour": runs[f"on_{n}"]["summary"]["attacks"]["scored"] * 3600
+                       / runs[f"on_{n}"]["wall"],
+                       "attack_seconds_per_job": runs[f"on_{n}"]["summary"]["attack_seconds"]}
+              for n in args.attack_actors}
     result = {
         "model": args.model, "init": args.init, "dataset": args.dataset, "clients": args.clients,
         "rounds": args.rounds, "batch_size": args.batch_size, "attack": args.attack,
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds_off": off["wall"], "wall_seconds_on": on["wall"],
         "attack_seconds_per_job": on["summary"]["attack_seconds"], "attacks_scored": on["summary"]["attacks"]["scored"],
         "attack_errors": on["summary"]["attacks"]["errors"], "rouge1": on["summary"]["rouge1"],
-        "load_average": os.getloadavg()[0],
+        "load_average": os.getloadavg()[0], "ray_address": args.ray_address or "local", "actors": actors,
     }
     print(json.dumps(result))
     return result
