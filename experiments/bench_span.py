@@ -10,7 +10,6 @@ span --out experiments/results/bench_span`` (its own default directory, so it ne
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Sequence

@@ -25,6 +25,7 @@ from adversary.registry import get_attack
 from defenses import build_gradient_fn
 from fedsim.core.errors import UsageError, require_positive
 from fedsim.core.seeds import batch_seed, rng
+from fedsim.core.train import GradientFn
 from fedsim.results import RunDir
 from fedsim.settings import AttackJob
 

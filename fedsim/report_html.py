@@ -16,6 +16,7 @@ import base64
 import hashlib
 import html
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,13 +223,9 @@ def sweep_command(settings: dict[str, Any], defenses: Sequence[str], attacks: Se
                   out: str | Path) -> str:
     """The ``fedleak sweep`` command line of these shared settings (``run_config`` keys), settings and seeds."""
     shared = {k.replace("-", "_"): v for k, v in settings.items()}
-    return ("fedleak sweep" + command_flags(Settings, shared) + f" --out {_quote(str(out))}"
-            + "".join(f" --defense {_quote(d)}" for d in defenses)
-            + "".join(f" --attack {_quote(a)}" for a in attacks) + (f" --seeds {seeds}" if seeds > 1 else ""))
-
-
-def _quote(text: str) -> str:
-    return text if text and all(c.isalnum() or c in "-_.:=/,+" for c in text) else "'" + text.replace("'", "'\\''") + "'"
+    return ("fedleak sweep" + command_flags(Settings, shared) + f" --out {shlex.quote(str(out))}"
+            + "".join(f" --defense {shlex.quote(d)}" for d in defenses)
+            + "".join(f" --attack {shlex.quote(a)}" for a in attacks) + (f" --seeds {seeds}" if seeds > 1 else ""))
 
 
 def _plots(view: RunView) -> str:

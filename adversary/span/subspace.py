@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from adversary.case import Observation
-from adversary.distance import relative_error  # noqa: F401 - re-exported: span's thresholds read it here
 from fedsim.core.train import EPS32
 
 Candidate = tuple[int, int]  # (token id, segment id)
