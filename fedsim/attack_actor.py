@@ -265,8 +265,9 @@ class RayAttacker:
             if not ray.is_initialized():  # the simulation has shut Ray down (interrupted): do not start another
                 raise RuntimeError("Ray is no longer running")
             return
-        if not ray.is_initialized():  # a ServerApp run without the Ray simulation backend
-            ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False)
+        if not ray.is_initialized():  # a ServerApp run without the Ray simulation backend (flwr run, deploy)
+            # "local" without an address: None would join whatever cluster /tmp/ray/ray_current_cluster names
+            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False)
         self.num_gpus = resolve_gpus(self.gpu_spec, ray.cluster_resources().get("GPU", 0.0))
         count = self.actors or auto_actors(self.num_gpus, ray.available_resources().get("GPU", 0.0))
         self._nodes = spread_nodes(ray.nodes(), self.num_gpus)

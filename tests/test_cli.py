@@ -14,12 +14,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_help_lists_the_four_subcommands():
+def test_help_lists_the_five_subcommands():
     out = _run("--help")
     assert out.returncode == 0
-    for name in ("attack", "simulate", "sweep", "report"):
+    for name in ("attack", "simulate", "deploy", "sweep", "report"):
         assert name in out.stdout
-    assert SUBCOMMANDS == ("attack", "simulate", "sweep", "report")
+    assert SUBCOMMANDS == ("attack", "simulate", "deploy", "sweep", "report")
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from fedsim.core.errors import UsageError  # noqa: E402
 from fedsim.core.logs import quiet_libraries  # noqa: E402
 
-SUBCOMMANDS = ("attack", "simulate", "sweep", "report")
+SUBCOMMANDS = ("attack", "simulate", "deploy", "sweep", "report")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,13 +26,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedsim.cli import attack, report, simulate, sweep
+    from fedsim.cli import attack, deploy, report, simulate, sweep
 
     parser = _Parser(prog="fedleak", description="Federated learning with an honest-but-curious server that "
                      "reconstructs private text from transformer gradients, and the defenses against it.")
     parser.add_argument("--version", action="version", version=f"fedleak {__import__('fedsim').__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{attack,simulate,sweep,report}", parser_class=_Parser)
-    for module in (attack, simulate, sweep, report):
+    sub = parser.add_subparsers(dest="command", metavar="{attack,simulate,deploy,sweep,report}", parser_class=_Parser)
+    for module in (attack, simulate, deploy, sweep, report):
         module.add_parser(sub)
     return parser
 
