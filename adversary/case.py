@@ -36,6 +36,10 @@ class Observation:
     # rounded float32 weights ((w_global - w_client) / lr); public, since the server knows how it got it.
     # None: the gradient is exact up to its own float32 rounding (it was sent as a gradient).
     gradient_error: dict[str, float] | None = None
+    # FedAvg: the update is (w_0 - w_E) / (lr * E) after E local SGD steps on E batches of B (B = batch_size / E).
+    # Public: the server set lr and E. 1 and None for a gradient of one step (FedSGD); see adversary.replay.
+    local_steps: int = 1
+    learning_rate: float | None = None
 
     def error_of(self, names: list[str]) -> float:
         """The error bound of these tensors stacked together (0 when the gradient is exact)."""

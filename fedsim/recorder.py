@@ -45,7 +45,8 @@ class Recorder:
     def note(self, line: str) -> None:
         self.echo(line)
 
-    def round(self, server_round: int, *, train_loss: float | None, eval_accuracy: float, eval_loss: float,
+    def round(self, server_round: int, *, train_loss: float | None, eval_accuracy: float | None,
+              eval_loss: float | None,
               seconds: float, failed: list[dict] | None = None, epsilon: float | None = None,
               attacks_submitted: int = 0, unprotected: list[int] | None = None) -> None:
         """One round's line and record; ``unprotected``: clients whose update this round carried no privacy
@@ -60,8 +61,8 @@ class Recorder:
                "failed_clients": failed or [], "unprotected_clients": unprotected or []}
         self.rounds.append(row)
         self.files.append("rounds.jsonl", row)
-        line = (f"round {server_round}/{s.rounds}  train loss {_fmt(train_loss)}  dev acc {eval_accuracy:.3f}  "
-                f"loss {eval_loss:.3f}  {seconds:5.1f} s")
+        line = (f"round {server_round}/{s.rounds}  train loss {_fmt(train_loss)}  dev acc {_fmt(eval_accuracy)}  "
+                f"loss {_fmt(eval_loss)}  {seconds:5.1f} s")
         if epsilon is not None:
             line += f"  ε {epsilon:.3g}"
         if s.attack != "none":
@@ -96,12 +97,15 @@ class Recorder:
     def _write_summary(self) -> None:
         scored = [r for r in self.leaks if "error" not in r]
         last = self.rounds[-1] if self.rounds else {}
+        evaluated = [r for r in self.rounds if r.get("eval_accuracy") is not None]  # --eval-every skips rounds
+        last_eval = evaluated[-1] if evaluated else {}
         self.summary = self.files.write_summary({
             "status": self.status,
             "rounds_completed": len(self.rounds),
             "initial_accuracy": (self.initial or {}).get("eval_accuracy"),
-            "final_accuracy": last.get("eval_accuracy"),
-            "final_eval_loss": last.get("eval_loss"),
+            "final_accuracy": last_eval.get("eval_accuracy"),
+            "final_accuracy_round": last_eval.get("round"),
+            "final_eval_loss": last_eval.get("eval_loss"),
             "final_train_loss": last.get("train_loss"),
             "epsilon": last.get("epsilon"),
             **self.extra,
@@ -161,7 +165,7 @@ def describe(summary: dict[str, Any], leaks: list[dict[str, Any]]) -> str:
     ]
     if summary["final_accuracy"] is not None:
         line = (f"  Global model on the dev split: accuracy {_fmt(summary['initial_accuracy']).strip()} before, "
-                f"{summary['final_accuracy']:.3f} after round {summary['rounds_completed']}")
+                f"{summary['final_accuracy']:.3f} after round {summary.get('final_accuracy_round') or summary['rounds_completed']}")
         if summary["initial_accuracy"] is not None and summary["final_accuracy"] - summary["initial_accuracy"] < 0.05:
             line += " (little learning yet: more rounds, larger batches or a pretrained model move it)"
         lines.append(line + ".")
@@ -200,8 +204,9 @@ def plot(initial: dict | None, rounds: list[dict], leaks: list[dict]) -> Any:
     """Dev accuracy per round and the mean leakage (ROUGE-1/2) of the updates sent in each round, on one 0..1 axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    xs = ([0] if initial else []) + [r["round"] for r in rounds]
-    ys = ([initial["eval_accuracy"]] if initial else []) + [r["eval_accuracy"] for r in rounds]
+    evaluated = [r for r in rounds if r.get("eval_accuracy") is not None]  # --eval-every skips rounds
+    xs = ([0] if initial else []) + [r["round"] for r in evaluated]
+    ys = ([initial["eval_accuracy"]] if initial else []) + [r["eval_accuracy"] for r in evaluated]
     ax.plot(xs, ys, "o-", color="tab:blue", label="dev accuracy (global model)")
     scored = [r for r in leaks if "error" not in r]
     per_round = sorted({r["round"] for r in scored})

@@ -29,7 +29,7 @@ from fedsim.core.text import load_tokenizer
 from fedsim.recorder import Recorder
 from fedsim.settings import Settings
 from fedsim.strategies import (AttackPlan, CuriousServer, FedAvgWithLog, PrivacyAccounting, RunInterrupted,
-                               layer)
+                               SecAggGrid, SecAggProtocol, layer)
 
 __all__ = ["RunInterrupted", "StoppableGrid", "app", "build_strategy", "make_server_app", "resolve_defense",
            "run_server"]
@@ -96,11 +96,15 @@ def run_server(grid: Grid, s: Settings, recorder: Recorder | None = None,
     train_split = task.load_split(s.dataset, "train", s.data_dir, s.seed)
     initial = ArrayRecord(task.state_of(task.initial_model(s, train_split.num_labels)))
     strategy = build_strategy(s, train_split, recorder, stop=stop, calibration=calibration)
+    if s.secagg:  # every round under SecAgg+: the stack receives only the unmasked aggregate
+        grid = SecAggGrid(grid, secagg_protocol(s))
+        recorder.extra["secagg"] = secagg_facts(s)
     status = "interrupted"
     try:
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=s.rounds,
                                 train_config=ConfigRecord(s.client_config()),
-                                evaluate_fn=round_reporter(s, train_split.num_labels, strategy, recorder))
+                                evaluate_fn=round_reporter(s, train_split.num_labels, strategy, recorder,
+                                                          grid if isinstance(grid, SecAggGrid) else None))
         status = "completed"
         return result
     except RunInterrupted:
@@ -139,7 +143,23 @@ def attack_plan(s: Settings, train_split: task.TaskData) -> AttackPlan:
         examples_per_update=s.examples_per_update, tokenizer=load_tokenizer(s.vocab),
         num_labels=train_split.num_labels, model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
         truth=partial(ground_truth, train_split, s.vocab, s.max_length),
-        clients_per_round=s.attack_clients_count(), rounds=s.attacked_rounds(), time_budget=s.attack_time_budget)
+        clients_per_round=s.attack_clients_count(), rounds=s.attacked_rounds(), time_budget=s.attack_time_budget,
+        secagg=secagg_protocol(s) if s.secagg else None)
+
+
+def secagg_protocol(s: Settings) -> SecAggProtocol:
+    """SecAgg+'s parameters for this run; the weight bound is what each client reports as its examples."""
+    return SecAggProtocol(clipping_range=s.secagg_clipping_range, quantization_range=s.secagg_quantization_range,
+                          max_weight=float(s.examples_per_update))
+
+
+def secagg_facts(s: Settings) -> dict:
+    """What summary.json says about the protocol: its parameters and the quantisation step on an update value."""
+    protocol = secagg_protocol(s)
+    return {"protocol": "SecAgg+ (flwr.server.workflow.SecAggPlusWorkflow, flwr.client.mod.secaggplus_mod)",
+            "clients_in_aggregate": s.clients, "clipping_range": protocol.clipping_range,
+            "quantization_range": protocol.quantization_range, "modulus_range": protocol.modulus_range,
+            "quantization_step": protocol.step, "clients_send": "updates w_client - w_global"}
 
 
 def ground_truth(train_split: task.TaskData, vocab: str, max_length: int, indices: list[int]) -> GroundTruth:
@@ -175,16 +195,19 @@ def resolve_defense(s: Settings) -> tuple[Settings, Calibration | None]:
     return dataclasses.replace(s, defense=[calibration.resolved]), calibration
 
 
-def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: Recorder
-                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """The evaluate_fn: the global model on dev after each round, and the round's line from what the layers logged."""
+def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: Recorder,
+                   secure: SecAggGrid | None = None) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """The evaluate_fn: the global model on dev after each round, and the round's line from what the layers logged
+    (under SecAgg+, a note when the clipping range cut any update value: FedAvg is then biased)."""
     dev_split = task.load_split(s.dataset, "dev", s.data_dir, s.seed)
     base, privacy, curious = (layer(strategy, kind) for kind in (FedAvgWithLog, PrivacyAccounting, CuriousServer))
     clock = {"last": time.perf_counter()}
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        net = task.model_with(s.model, num_labels, s.vocab, arrays.to_torch_state_dict())
-        accuracy, loss = task.evaluate_model(net, dev_split, s.vocab, s.max_length, s.eval_examples)
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        accuracy = loss = None
+        if server_round % s.eval_every == 0 or server_round == s.rounds:  # round 0: the initial model
+            net = task.model_with(s.model, num_labels, s.vocab, arrays.to_torch_state_dict())
+            accuracy, loss = task.evaluate_model(net, dev_split, s.vocab, s.max_length, s.eval_examples)
         now = time.perf_counter()
         log = base.rounds.get(server_round, {})
         unprotected = privacy.rounds.get(server_round, {}).get("unprotected") if privacy is not None else None
@@ -196,6 +219,10 @@ def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: R
                        attacks_submitted=curious.submitted if curious is not None else 0,
                        unprotected=unprotected)
         clock["last"] = now
-        return MetricRecord({"accuracy": accuracy, "loss": loss})
+        clipped = secure.rounds.get(server_round, {}).get("clipped", 0) if secure is not None else 0
+        if clipped:
+            recorder.note(f"  SecAgg+ clipped {clipped} update value(s) to ±{s.secagg_clipping_range:g} in round "
+                          f"{server_round}: raise --secagg-clipping-range")
+        return None if accuracy is None else MetricRecord({"accuracy": accuracy, "loss": loss})
 
     return evaluate_fn

@@ -212,6 +212,9 @@ class Settings(RunOptions):
     partition: str = option("iid", "iid or dirichlet:ALPHA (label skew)", group="data")
     eval_examples: int = option(0, "evaluate on the first N dev examples (0: all)", group="data", parse=count_or_all,
                                 shown="all")
+    eval_every: int = option(1, "evaluate the global model on dev every K rounds and after the last (a full dev "
+                             "split costs more than a round on small models); rounds in between record no accuracy",
+                             group="data", parse=positive_int)
     clients: int = option(2, "clients in the federation", group="federation", parse=positive_int)
     rounds: int = option(12, "federated rounds", group="federation", parse=positive_int)
     mode: str = option("fedsgd", "fedsgd: one step on one batch, the server recovers its gradient exactly; fedavg: "
@@ -219,6 +222,15 @@ class Settings(RunOptions):
                        choices=MODES)
     local_steps: int = option(1, "E, SGD steps per round (fedavg only)", group="federation", parse=positive_int)
     lr: float = option(0.1, "client SGD learning rate", group="federation", parse=positive_float)
+    secagg: bool = option(False, "run every round under Flower's SecAgg+ secure aggregation: clients send masked, "
+                          "quantised updates and the server unmasks only their sum, which the curious server attacks "
+                          "as one batch of all the clients' examples", group="federation")
+    secagg_clipping_range: float = option(1.0, "SecAgg+: each update value (w_client - w_global) is clipped to "
+                                          "this range before quantisation (updates at lr 0.1 stay below ~0.06)",
+                                          group="federation", parse=positive_float)
+    secagg_quantization_range: int = option(2**22, "SecAgg+: levels over [-range, range] (Flower's default 2^22, a "
+                                            "step of 4.8e-7 at range 1); at most 2^30 / --clients",
+                                            group="federation", parse=positive_int)
     attack: str = option("tag", "none, dlg, tag, span, lamp or best (none runs no attack code)",
                          group="curious server")
     attack_iterations: int = option(150, "attack iterations per update", group="curious server", parse=positive_int)
@@ -252,7 +264,7 @@ class Settings(RunOptions):
             raise UsageError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
         if self.attack != "none" and self.attack not in available():
             raise UsageError(f"unknown attack {self.attack!r}; accepted: none, {', '.join(available())}")
-        for name in ("clients", "rounds", "local_steps", "attack_iterations"):
+        for name in ("clients", "rounds", "local_steps", "attack_iterations", "eval_every"):
             if int(getattr(self, name)) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -276,6 +288,21 @@ class Settings(RunOptions):
             except ValueError:
                 raise UsageError(f"--attack-gpus must be auto or a number >= 0, got {self.attack_gpus!r}") from None
         partition(np.zeros(2, dtype=int), 1, self.partition)  # a bad spec fails here, not inside a Ray worker
+        self.check_secagg()
+
+    def check_secagg(self) -> None:
+        """SecAgg+ needs two clients, a finite clipping range and a quantisation range whose sum over all clients
+        cannot wrap around Flower's 2^32 modulus (nor its int32 rounding)."""
+        if not 0 < float(self.secagg_clipping_range) < float("inf"):
+            raise UsageError(f"--secagg-clipping-range must be a positive number, got {self.secagg_clipping_range!r}")
+        levels = self.secagg_quantization_range
+        most = 2**30 // (self.clients if self.secagg else 1)
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= most:
+            raise UsageError(f"--secagg-quantization-range must be an integer from 2 to 2^30 / clients = {most}, "
+                             f"got {levels!r}")
+        if self.secagg and self.clients < 2:
+            raise UsageError(f"--secagg needs at least 2 clients (a sum of one is the update), got --clients "
+                             f"{self.clients}")
 
     def attack_clients_count(self) -> int | None:
         """None for ``all``, else K > 0."""

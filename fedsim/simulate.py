@@ -11,25 +11,35 @@ Outputs in ``--out`` (all flushed every round, so an interrupted run keeps its c
 * ``simulate.png``  dev accuracy and leakage per round (written at the end).
 
 Files that hold private or reconstructed text are mode 0600 (``fedsim.core.io``).
+
+``run_in_process`` runs the same apps without Ray, on an :class:`InProcessGrid` (experiments that run many small
+federations, such as ``experiments/secagg_study.py``; the attack must then be ``inline``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
 import sys
 import threading
+import traceback
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ray
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
 from flwr.simulation import run_simulation
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.client_app import app as client_app
 from fedsim.core.errors import UsageError
 from fedsim.recorder import Recorder
-from fedsim.server_app import make_server_app, resolve_defense
+from fedsim.server_app import make_server_app, resolve_defense, run_server
 from fedsim.settings import Settings
 
 
@@ -115,4 +125,64 @@ def run(settings: Settings, verbose: bool = False, echo: Callable[[str], None] |
         flwr_logger.setLevel(level)
         if ray.is_initialized():
             ray.shutdown()
+    return recorder.summary
+
+
+class InProcessGrid(Grid):
+    """Flower's apps in this process, without Ray. Each message goes to ``app`` as a copy (a transport would
+    serialise it: SecAgg+ sends one record to every node, and its mod edits what it gets), with its node's own
+    Context, kept across messages (SecAgg+ keeps its keys there); a client that raises answers with an error."""
+
+    def __init__(self, num_clients: int, app: ClientApp = client_app) -> None:
+        self.app = app
+        self.nodes = {1000 + i: i for i in range(num_clients)}  # node id -> partition id
+        self.contexts: dict[int, Context] = {}
+        for name in ("task_id", "run_id", "node_id"):  # new Messages read the process's task identity
+            if getattr(TaskIdentity, f"_{name}") is None:
+                setattr(TaskIdentity, name, 1)
+
+    def set_run(self, run) -> None:
+        """One run per grid: nothing to set."""
+
+    @property
+    def run(self):
+        raise NotImplementedError("an in-process grid has no Flower run")
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError("build Messages directly")
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]):
+        raise NotImplementedError("use send_and_receive")
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError("use send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            context = self.contexts.setdefault(node, Context(
+                run_id=1, node_id=node, state=RecordDict(), run_config={},
+                node_config={"partition-id": self.nodes[node], "num-partitions": len(self.nodes)}))
+            try:
+                replies.append(self.app(copy.deepcopy(msg), context))
+            except Exception:  # noqa: BLE001 - as under Flower: the client's failure is an error reply
+                replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                             reason=traceback.format_exc()), reply_to=msg))
+        return replies
+
+
+def run_in_process(settings: Settings, echo: Callable[[str], None] | None = None,
+                   grid: Grid | None = None) -> dict[str, Any]:
+    """One federation in this process (:class:`InProcessGrid`, or ``grid``): the same ServerApp and ClientApp
+    code and the same files as :func:`run`; summary.json's content is returned. Needs ``--attack-backend inline``
+    when an attack is on."""
+    if settings.attack != "none" and settings.attack_backend != "inline":
+        raise UsageError(f"an in-process run attacks inline; got --attack-backend {settings.attack_backend!r}")
+    resolve_defense(settings)
+    recorder = Recorder(settings, echo)
+    run_server(grid or InProcessGrid(settings.clients), settings, recorder)
     return recorder.summary

@@ -538,3 +538,16 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_eval_every_evaluates_every_kth_round_and_the_last_and_reports_the_last_evaluated(tmp_path):
+    """--eval-every 2 over 3 rounds: dev accuracy after rounds 2 and 3 (the last), none after round 1; the summary's
+    final accuracy is round 3's and the same as an every-round run's (evaluation does not change training)."""
+    sparse, lines = run_local(small(tmp_path, rounds=3, eval_every=2, attack="none", out=str(tmp_path / "sparse")))
+    dense, _ = run_local(small(tmp_path, rounds=3, attack="none", out=str(tmp_path / "dense")))
+    rows = read(tmp_path / "sparse" / "rounds.jsonl")
+    assert [r["eval_accuracy"] is not None for r in rows] == [False, True, True]
+    assert sparse.summary["final_accuracy_round"] == 3
+    assert sparse.summary["final_accuracy"] == dense.summary["final_accuracy"] == read(tmp_path / "dense" / "rounds.jsonl")[-1]["eval_accuracy"]
+    assert sparse.summary["initial_accuracy"] == dense.summary["initial_accuracy"] is not None
+    assert any("round 1/3" in line and "dev acc   n/a" in line for line in lines)

@@ -24,6 +24,7 @@ from adversary.distance import candidate_batch, reproduces
 from adversary.labels import classifier_bias_name, recover_labels
 from adversary.options import AttackOptions, Budget
 from adversary.registry import register
+from adversary.replay import certify_by_replay
 from adversary.span.ledger import Ledger
 from adversary.span.linker import Linker, assemble
 from adversary.span.subspace import (MAX_MEMBERS, LayerInputs, Span, attention_grads, attention_names,
@@ -169,6 +170,12 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
     if batch is not None:  # every B: the assembled batch must reproduce the observed gradient to its precision
         reproduced, gdist = reproduces(obs, token_ids, labels, [[s for _, s in q] for q in seqs])
         ok = ok and reproduced
+        if not ok and obs.local_steps > 1:  # FedAvg: no single gradient reproduces E drifting steps; a replay can
+            replay = certify_by_replay(obs, token_ids, labels, budget.deadline(start))
+            info.update(replay.info)
+            if replay.passed:
+                token_ids, labels, gdist, ok = replay.token_ids, replay.labels, replay.distance, True
+                info["certified_by"] = "replay of the client's local SGD steps"
     else:
         ok = False
     info["span_check_passed"] = bool(ok)

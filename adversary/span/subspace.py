@@ -49,16 +49,21 @@ def gradient_span(grads: list[torch.Tensor], rank: int | None = None, error: flo
     dropped value is at or below the gradient's precision: float32 rounding (eps32 * ||G||_F) plus ``error``, a
     bound on ||E||_F when the gradient was derived from rounded weights (every singular value of G + E beyond the
     true rank is at most ||E||_2 <= ||E||_F, Weyl). None such (noise), or no complement left, fails. Membership
-    threshold: the subspace perturbation bound s[k]/s[k-1] (Wedin), which members stay under."""
+    threshold: the subspace perturbation bound s[k]/s[k-1] (Wedin), which members stay under. Cuts whose last kept
+    value is itself at rounding level are not drops."""
     m = torch.cat([g.detach().double().reshape(g.shape[0], -1) for g in grads])
     r_factor = torch.linalg.qr(m, mode="r")[1] if m.shape[0] > m.shape[1] else m  # same singular values, cheaper
     _, s, vh = torch.linalg.svd(r_factor, full_matrices=False)
     n = s.numel()
-    floor = EPS32 * float(torch.linalg.norm(m)) + error
+    rounding = EPS32 * float(torch.linalg.norm(m))
+    floor = rounding + error
     rel = s / s[0].clamp_min(1e-300)
     if rank is None:
         ratios = s[:-1] / s[1:].clamp_min(1e-300)
         ratios[s[1:] > floor] = 0.0
+        # Drops inside the rounding noise mean nothing: a near-zero last singular value (how small depends on the
+        # CPU's LAPACK path) made the largest "drop" the final one on some machines, and the rank full.
+        ratios[s[:-1] <= rounding] = 0.0
         k = int(torch.argmax(ratios)) + 1 if bool((ratios > 0).any()) else n
     else:
         k = min(rank, n)

@@ -3,12 +3,16 @@
 ``FedAvgWithLog`` is the base (plain FedAvg, plus a round log); ``PrivacyAccounting`` charges each client for the
 defense it reports; ``CuriousServer`` attacks the updates on the side and owns its attacker's lifecycle. The
 ServerApp stacks them ``CuriousServer(PrivacyAccounting(FedAvgWithLog(...)))`` and calls ``start`` on the top.
+With ``--secagg`` the stack sends through a ``SecAggGrid``: each round runs Flower's SecAgg+ and the stack
+receives one reply, the unmasked aggregate.
 """
 
 from fedsim.strategies.accounting import PrivacyAccounting
-from fedsim.strategies.base import (FedAvgWithLog, RunInterrupted, StrategyWrapper, aggregate_train_metrics,
-                                    client_of, layer, metrics_of)
-from fedsim.strategies.curious import TRUTH_KEY, AttackPlan, CuriousServer
+from fedsim.strategies.base import (TRUTH_KEY, FedAvgWithLog, RunInterrupted, StrategyWrapper,
+                                    aggregate_train_metrics, client_of, layer, metrics_of)
+from fedsim.strategies.curious import AttackPlan, CuriousServer, aggregated_clients
+from fedsim.strategies.secagg import AGGREGATE, SecAggGrid, SecAggProtocol
 
-__all__ = ["TRUTH_KEY", "AttackPlan", "CuriousServer", "FedAvgWithLog", "PrivacyAccounting", "RunInterrupted",
-           "StrategyWrapper", "aggregate_train_metrics", "client_of", "layer", "metrics_of"]
+__all__ = ["AGGREGATE", "TRUTH_KEY", "AttackPlan", "CuriousServer", "FedAvgWithLog", "PrivacyAccounting",
+           "RunInterrupted", "SecAggGrid", "SecAggProtocol", "StrategyWrapper", "aggregate_train_metrics",
+           "aggregated_clients", "client_of", "layer", "metrics_of"]

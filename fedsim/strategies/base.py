@@ -18,6 +18,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 
+TRUTH_KEY = "truth"  # the scoring channel's record in a client reply (fedsim.client_app module doc)
+
+
 class RunInterrupted(Exception):
     """The user stopped the run; what was recorded so far stays on disk."""
 

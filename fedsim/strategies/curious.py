@@ -16,6 +16,13 @@ Gradient from an update (what the server can compute, given the global weights i
   gradient of all E*B examples at ``w_global``: an approximation that is exact for E = 1 and degrades as
   ``lr * E`` grows (the weights move between steps).
 
+Under SecAgg+ (``fedsim.strategies.secagg``) the one reply of a round is the unmasked aggregate of K clients
+(its metrics say ``clients-in-aggregate``): the server attacks it as ONE batch of the K x B examples (the mean of
+K clients' mean-loss gradients over equal batches is the mean-loss gradient of their union), with the protocol's
+quantisation error added to the published bound, and scores it against the union of those clients' examples.
+Its leakage records say ``secagg``, ``clients_in_aggregate``, ``tokens`` (N, from the scoring channel) and
+``hidden_size`` (d): exact recovery from first-layer spans needs N <= d.
+
 Ground truth: a client's reply may carry a ``truth`` ConfigRecord (example indices, the scoring channel). The
 wrapper removes it from the reply before passing the replies on (put it outermost and no other layer sees it),
 and passes it only to the ``truth`` callable of the plan, whose output goes to the attacker's scoring step, never
@@ -41,9 +48,8 @@ from adversary.case import Observation
 from fedsim.attack_actor import Attacker, Job
 from fedsim.core import seeds
 from fedsim.core.train import EPS32
-from fedsim.strategies.base import RunInterrupted, StrategyWrapper, client_of
-
-TRUTH_KEY = "truth"  # the scoring channel's record in a client reply
+from fedsim.strategies.base import TRUTH_KEY, RunInterrupted, StrategyWrapper, client_of
+from fedsim.strategies.secagg import AGGREGATE, SecAggProtocol
 
 
 @dataclass
@@ -64,6 +70,7 @@ class AttackPlan:
     rounds: frozenset[int] | None = None  # the rounds attacked (--attack-rounds); None: every round
     local_steps: int = 1  # SGD steps behind one update (FedAvg's E), each rounding the weights once
     time_budget: float | None = None  # wall-clock seconds per job (--attack-time-budget); None: unbounded
+    secagg: SecAggProtocol | None = None  # the SecAgg+ parameters (--secagg): its quantisation error is public
 
 
 class CuriousServer(StrategyWrapper):
@@ -87,6 +94,7 @@ class CuriousServer(StrategyWrapper):
         self.timeout = timeout
         self.stop = stop
         self._global: dict[int, ArrayRecord] = {}
+        self._facts: dict[tuple[int, int], dict[str, Any]] = {}  # (round, client) -> what its records add
         self.submitted = 0
 
     # --- the attacker's lifecycle --------------------------------------------------------------------------------
@@ -103,7 +111,7 @@ class CuriousServer(StrategyWrapper):
 
     def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Hand over whatever finished meanwhile (waiting at most ``timeout`` seconds)."""
-        records = self.attacker.poll(timeout=timeout)
+        records = self._annotate(self.attacker.poll(timeout=timeout))
         if records:
             self.on_records(records)
         return records
@@ -117,7 +125,8 @@ class CuriousServer(StrategyWrapper):
             deadline = time.perf_counter() + self.timeout
             while self.attacker.pending and time.perf_counter() < deadline and not self._stopped():
                 for record in self.poll(timeout=min(1.0, max(0.0, deadline - time.perf_counter()))):
-                    self.note(f"  attack on round {record['round']}, client {record['client']}: " + (
+                    who = "the aggregate" if record["client"] == AGGREGATE else f"client {record['client']}"
+                    self.note(f"  attack on round {record['round']}, {who}: " + (
                         f"error {record['error']}" if "error" in record else f"ROUGE-1 {record['rouge1']:.2f}"
                         f" in {record['seconds']:.0f} s  ({total - self.attacker.pending}/{total})"))
         self._drain(f"not finished within --attack-timeout {self.timeout:g} s after the last round")
@@ -127,9 +136,13 @@ class CuriousServer(StrategyWrapper):
         self._drain(f"cancelled: the run was {status}")
 
     def _drain(self, reason: str) -> None:
-        records = self.attacker.drain(0.0, reason)
+        records = self._annotate(self.attacker.drain(0.0, reason))
         if records:
             self.on_records(records)
+
+    def _annotate(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records with the facts of their update added (an aggregate's size; nothing for a plain update)."""
+        return [{**r, **self._facts.get((r["round"], r["client"]), {})} for r in records]
 
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -161,16 +174,30 @@ class CuriousServer(StrategyWrapper):
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         client_state = reply.content["arrays"].to_torch_state_dict()
         gradients = self.derive_gradient(global_state, client_state, names)
-        return Observation(model=model, gradients=gradients, batch_size=self.plan.examples_per_update,
+        clients = aggregated_clients(reply)
+        if clients is None:
+            return Observation(model=model, gradients=gradients, batch_size=self.plan.examples_per_update,
+                               tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
+                               gradient_error=self.rounding_error(client_state, gradients),
+                               local_steps=self.plan.local_steps,  # FedAvg: adversary.replay certifies by replay
+                               learning_rate=self.plan.gradient_scale / self.plan.local_steps)
+        # the aggregate: its new weights were rounded once more (global + mean update), and quantised per client
+        error = self.rounding_error(client_state, gradients, steps=self.plan.local_steps + 1)
+        if self.plan.secagg is not None:
+            scale = self.plan.gradient_scale * clients  # the mean of K quantised updates, as a gradient
+            error = {n: e + self.plan.secagg.error_bound(_live(gradients[n]), clients) / scale
+                     for n, e in error.items()}
+        return Observation(model=model, gradients=gradients, batch_size=clients * self.plan.examples_per_update,
                            tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
-                           gradient_error=self.rounding_error(client_state, gradients))
+                           gradient_error=error)
 
-    def rounding_error(self, client_state: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor]
-                       ) -> dict[str, float]:
+    def rounding_error(self, client_state: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor],
+                       steps: int | None = None) -> dict[str, float]:
         """Per tensor, a bound on ||derived - true gradient||_F from float32 rounding alone: each SGD step rounds
         the weights by at most ulp(w)/2 (ulp(w) here, for steps that cross a power of two), divided by lr, plus
-        the float32 cast of the result. Exact-recovery attacks set their thresholds from it."""
-        steps, bounds = self.plan.local_steps, {}
+        the float32 cast of the result. Exact-recovery attacks set their thresholds from it. ``steps``: roundings
+        of the weights behind the update (default: the plan's local steps)."""
+        steps, bounds = steps or self.plan.local_steps, {}
         for n, g in gradients.items():
             w = client_state[n].float().abs()
             ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
@@ -194,7 +221,14 @@ class CuriousServer(StrategyWrapper):
             truth = self.plan.truth(indices) if indices is not None else None
             job = Job(round=server_round, client=client, method=self.plan.method, iterations=self.plan.iterations,
                       seed=seeds.derive_seed(self.plan.seed, server_round, client, 11), seconds=self.plan.time_budget)
-            self.attacker.submit(job, self.observation(server_round, reply), truth)
+            observation = self.observation(server_round, reply)
+            clients = aggregated_clients(reply)
+            if clients is not None:  # what the record says about the aggregate (N from the scoring channel)
+                self._facts[server_round, client] = {
+                    "secagg": self.plan.secagg is not None, "clients_in_aggregate": clients,
+                    "tokens": sum(len(ids) for ids in truth.token_ids) if truth is not None else None,
+                    "hidden_size": int(observation.model.config.hidden_size)}
+            self.attacker.submit(job, observation, truth)
             self.submitted += 1
         aggregated = self.strategy.aggregate_train(server_round, replies)
         self.poll()  # whatever finished meanwhile; never waits
@@ -207,3 +241,20 @@ def _pop_truth(msg: Message) -> list[int] | None:
     record = msg.content[TRUTH_KEY]
     del msg.content[TRUTH_KEY]
     return [int(i) for i in record["indices"]]
+
+
+def aggregated_clients(reply: Message) -> int | None:
+    """K when the reply is the aggregate of K clients' updates (SecAgg+), else None (one client's update)."""
+    metrics = reply.content.metric_records.get("metrics") if not reply.has_error() else None
+    value = metrics.get("clients-in-aggregate") if metrics is not None else None
+    return None if value is None else int(value)
+
+
+def _live(gradient: torch.Tensor) -> int:
+    """The values of a tensor the protocol may have rounded: all but the rows that are zero in the aggregate
+    (embedding rows of tokens and positions no client used are zero in every update, and zero is sent exactly;
+    a used row is dense and cannot round to all zeros)."""
+    if gradient.dim() < 2:
+        return gradient.numel()
+    rows = gradient.reshape(gradient.shape[0], -1)
+    return int((rows != 0).any(1).sum()) * rows.shape[1]
