@@ -28,7 +28,7 @@ lane() {  # run the given "script [options]" entries one after another
 
 lane "noise_sweep --model tiny --init uniform:0.1" noise_sweep table4_init table7_vocab table6_length \
   "noise_sweep --model minilm-l6 --init pretrained --sentences 3 --iterations 200 --sigmas 0 0.001 0.01 --lr 0.1 --mode fedavg --local-steps 5" &
-lane fig5_tag_vs_dlg fig3_pca table5_pretrained fig2_loss_curves table2_model_size &
+lane fig5_tag_vs_dlg fig3_pca table5_pretrained fig2_loss_curves table2_model_size secagg_study &
 wait
 # Harder settings for the claims our full settings leave at the 1.00 ceiling (40 TAG iterations instead of 300).
 python experiments/table7_vocab.py --iterations 40 --sentences 30 --threads 1 --out experiments/results/harder \
