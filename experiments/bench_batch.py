@@ -70,16 +70,9 @@ BATCH_COLUMNS = (*CELL, "batch", "method", "tokens", "distinct_inputs", "hidden"
                  "batch_sha", "resumed")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are usage errors: one line on stderr and exit code 2 (``common.run_script``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options, checked before any model or data is loaded."""
-    p = Parser(description=__doc__.strip().splitlines()[0], epilog=__doc__,
+    p = common.UsageParser(description=__doc__.strip().splitlines()[0], epilog=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["tinybert4"], help="models (default: tinybert4)")
     p.add_argument("--init", nargs="+", default=["normal:0.02"],

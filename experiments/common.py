@@ -55,6 +55,13 @@ class Scale:
     iterations: int
 
 
+class UsageParser(argparse.ArgumentParser):
+    """argparse whose errors are usage errors: one line on stderr and exit code 2 (``run_script``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
 def parser(doc: str, full: Scale, quick: Scale) -> argparse.ArgumentParser:
     """The options every script shares; ``doc`` is the script's docstring (first line = description)."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], epilog=doc,

@@ -71,15 +71,8 @@ TRAIN_COLUMNS = ("model", "init", "protocol", "K", "B", "rounds", "dev_examples"
                  "final_accuracy", "accuracy_ci95", "clipped_values", "seconds")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are usage errors: one line on stderr and exit code 2 (``common.run_script``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = Parser(description=__doc__.strip().splitlines()[0], epilog=__doc__,
+    p = common.UsageParser(description=__doc__.strip().splitlines()[0], epilog=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["tinybert4", "minilm-l6"],
                    help="tinybert4 (normal:0.02), minilm-l6 (pretrained) or tiny (uniform:0.1)")
