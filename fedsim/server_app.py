@@ -28,8 +28,8 @@ from fedsim.core.seeds import seed_everything
 from fedsim.core.text import load_tokenizer
 from fedsim.recorder import Recorder
 from fedsim.settings import Settings
-from fedsim.strategies import (AttackPlan, CuriousServer, FedAvgWithLog, PrivacyAccounting, RunInterrupted,
-                               SecAggGrid, SecAggProtocol, layer)
+from fedsim.strategies import (AttackPlan, CuriousServer, PrivacyAccounting, RoundLog, RunInterrupted,
+                               SecAggGrid, SecAggProtocol, layer, server_strategy)
 
 __all__ = ["RunInterrupted", "StoppableGrid", "app", "build_strategy", "make_server_app", "resolve_defense",
            "run_server"]
@@ -123,8 +123,8 @@ def build_strategy(s: Settings, train_split: task.TaskData, recorder: Recorder, 
     is on. The curious server is outermost, so it takes the scoring channel out of each reply before any other
     layer reads it. ``attacker``: where jobs run (default: the one the settings name). ``s.defense`` must hold no
     unresolved budget (``resolve_defense``); ``calibration``: what resolved it (its delta is the run's)."""
-    strategy: Strategy = FedAvgWithLog(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=s.clients,
-                                       min_available_nodes=s.clients)
+    strategy: Strategy = server_strategy(s.server_optimizer, fraction_train=1.0, fraction_evaluate=0.0,
+                                         min_train_nodes=s.clients, min_available_nodes=s.clients)
     if s.defense:  # without a defense there is no guarantee to report: epsilon stays null
         strategy = PrivacyAccounting(strategy, delta=calibration.delta if calibration else DEFAULT_DELTA)
         recorder.extra.update(privacy_facts(s, calibration))
@@ -200,7 +200,7 @@ def round_reporter(s: Settings, num_labels: int, strategy: Strategy, recorder: R
     """The evaluate_fn: the global model on dev after each round, and the round's line from what the layers logged
     (under SecAgg+, a note when the clipping range cut any update value: FedAvg is then biased)."""
     dev_split = task.load_split(s.dataset, "dev", s.data_dir, s.seed)
-    base, privacy, curious = (layer(strategy, kind) for kind in (FedAvgWithLog, PrivacyAccounting, CuriousServer))
+    base, privacy, curious = (layer(strategy, kind) for kind in (RoundLog, PrivacyAccounting, CuriousServer))
     clock = {"last": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

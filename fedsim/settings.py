@@ -25,6 +25,7 @@ from defenses import parse_defenses
 from fedsim.core.data import TASKS, partition
 from fedsim.core.errors import UsageError
 from fedsim.core.models import MODEL_NAMES, parse_init
+from fedsim.strategies.base import parse_server_optimizer
 
 MODES = ("fedsgd", "fedavg")
 ATTACK_BACKENDS = ("ray", "inline")
@@ -222,6 +223,9 @@ class Settings(RunOptions):
                        choices=MODES)
     local_steps: int = option(1, "E, SGD steps per round (fedavg only)", group="federation", parse=positive_int)
     lr: float = option(0.1, "client SGD learning rate", group="federation", parse=positive_float)
+    server_optimizer: str = option("fedavg", "how the server applies the clients' mean update: fedavg (adds it), or "
+                                   "fedadam:eta=ETA[,tau=TAU] (Adam on the server, the mean update its "
+                                   "pseudo-gradient; clients unchanged)", group="federation")
     secagg: bool = option(False, "run every round under Flower's SecAgg+ secure aggregation: clients send masked, "
                           "quantised updates and the server unmasks only their sum, which the curious server attacks "
                           "as one batch of all the clients' examples", group="federation")
@@ -288,6 +292,7 @@ class Settings(RunOptions):
             except ValueError:
                 raise UsageError(f"--attack-gpus must be auto or a number >= 0, got {self.attack_gpus!r}") from None
         partition(np.zeros(2, dtype=int), 1, self.partition)  # a bad spec fails here, not inside a Ray worker
+        parse_server_optimizer(self.server_optimizer)
         self.check_secagg()
 
     def check_secagg(self) -> None:

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
 
 from defenses import format_defenses, parse_defenses, single_release_epsilon
 from fedsim.core.errors import UsageError
@@ -37,12 +42,15 @@ def run_label(defense: str, attack: str, seed: int) -> str:
 
 def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: str | Path,
           run: Callable[[Settings], dict[str, Any]] | None = None, echo: Callable[[str], None] = print,
-          resume: bool = False, seeds: int = 1, command: str = "") -> list[dict]:
+          resume: bool = False, seeds: int = 1, command: str = "", jobs: int = 1) -> list[dict]:
     """Run every (defense, attack) pair with seeds ``base.seed`` .. ``base.seed + seeds - 1``; returns the rows of
     ``tradeoff.csv`` (one per pair; ``final_accuracy`` and ``run_dir`` repeat the mean and the first run for callers
     of one seed). ``run`` is the federation (default: simulate); ``command`` is quoted on the figure.
 
     ``resume``: a run whose sub-directory already holds a completed run of the same settings is read, not rerun.
+    ``jobs``: federations run at once, each in its own process with its share of the cores (``run`` must then be
+    a module-level function; a federation of small batches uses one core poorly, so two on two cores finish
+    sooner than one after the other). Rows keep the plan's order whatever order the runs finish in.
     An epsilon budget (``dp:epsilon=E,c=C``) is resolved per run with that run's settings, all of them before the
     first run starts (an impossible one fails the sweep at once); its row keeps the budget as its label.
     """
@@ -83,22 +91,35 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
 
     files.clear()  # a new sweep replaces the files of an old one (its runs stay, for --resume)
     record("running")
+    order = {item[2].out: i for i, item in enumerate(plan)}
+
+    def finish(item: tuple[str, str, Settings], summary: dict[str, Any], reused: bool) -> None:
+        nonlocal done, rows
+        label, attack, settings = item
+        this = run_record(label, attack, settings, summary, resolved[label, settings.seed], reused)
+        runs.append(this)
+        runs.sort(key=lambda r: order[r["run_dir"]])
+        if this["status"] != "completed":
+            echo(f"   run {settings.out} ended {this['status']}: in runs.csv, left out of tradeoff.csv")
+        done = [r for r in runs if r["status"] == "completed"]  # half a run is no seed
+        rows = aggregate(done)
+        files.write_csv("runs.csv", runs, RUN_COLUMNS)
+        files.write_csv("tradeoff.csv", rows, COLUMNS)
+        record("running")
+
     try:
-        for i, (label, attack, settings) in enumerate(plan, 1):
+        todo = []
+        for i, item in enumerate(plan, 1):
+            label, attack, settings = item
             summary = earlier.take(settings.to_run_config(), run_key(settings))
-            echo(f"== sweep {i}/{len(plan)}: defense {label}, attack {attack}, seed {settings.seed} -> {settings.out}"
-                 + (f" ({Resume.KEPT})" if summary is not None else ""))
-            reused = summary is not None
             if summary is None:
-                summary = run(settings)
-            runs.append(run_record(label, attack, settings, summary, resolved[label, settings.seed], reused))
-            if runs[-1]["status"] != "completed":
-                echo(f"   run {settings.out} ended {runs[-1]['status']}: in runs.csv, left out of tradeoff.csv")
-            done = [r for r in runs if r["status"] == "completed"]  # half a run is no seed
-            rows = aggregate(done)
-            files.write_csv("runs.csv", runs, RUN_COLUMNS)
-            files.write_csv("tradeoff.csv", rows, COLUMNS)
-            record("running")
+                todo.append((i, item))
+                continue
+            echo(f"== sweep {i}/{len(plan)}: defense {label}, attack {attack}, seed {settings.seed} -> "
+                 f"{settings.out} ({Resume.KEPT})")
+            finish(item, summary, reused=True)
+        for item, summary in execute(todo, len(plan), run, jobs, echo):
+            finish(item, summary, reused=False)
         result = verdict(rows)
         write_json(files.path("verdict.json"), result)
         files.save_figure("frontier.png", plot_frontier(rows, loss_curves(done), command, earlier.kept, len(plan)),
@@ -112,6 +133,39 @@ def sweep(base: Settings, defenses: Sequence[str], attacks: Sequence[str], out: 
     for line in result["text"]:
         echo(line)
     return [{**r, "final_accuracy": r["accuracy_mean"], "run_dir": r["run_dirs"][0]} for r in rows]
+
+
+def execute(todo: list[tuple[int, tuple[str, str, Settings]]], total: int, run: Callable[[Settings], dict[str, Any]],
+            jobs: int, echo: Callable[[str], None]) -> Iterator[tuple[tuple[str, str, Settings], dict[str, Any]]]:
+    """Run the plan's remaining federations, one after the other or ``jobs`` at a time (each in a spawned process
+    with cores / jobs torch threads, its round-by-round output silenced); yields each as it finishes."""
+    def says(i: int, item: tuple[str, str, Settings]) -> str:
+        return f"== sweep {i}/{total}: defense {item[0]}, attack {item[1]}, seed {item[2].seed} -> {item[2].out}"
+
+    if jobs <= 1:
+        for i, item in todo:
+            echo(says(i, item))
+            yield item, run(item[2])
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_quietly, run, item[2], threads): (i, item) for i, item in todo}
+        for i, item in todo[:jobs]:
+            echo(says(i, item) + " (started)")
+        for future in as_completed(futures):
+            i, item = futures[future]
+            summary = future.result()
+            echo(says(i, item) + f" (finished: {summary.get('status')})")
+            yield item, summary
+
+
+def _run_quietly(run: Callable[..., dict[str, Any]], settings: Settings, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return run(settings, echo=_silent)
+
+
+def _silent(_: str) -> None:
+    """A run's per-round lines, dropped: several runs at once would interleave them."""
 
 
 def run_record(label: str, attack: str, settings: Settings, summary: dict[str, Any], resolved: list[str],

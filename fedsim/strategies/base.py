@@ -15,7 +15,9 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, Result, Strategy
+
+from fedsim.core.errors import UsageError
 
 
 TRUTH_KEY = "truth"  # the scoring channel's record in a client reply (fedsim.client_app module doc)
@@ -47,9 +49,9 @@ def client_of(msg: Message) -> int:
     return -1 if metrics is None else int(metrics.get("client", -1))
 
 
-class FedAvgWithLog(FedAvg):
-    """FedAvg that aggregates replies in client order (a seed then fixes the floating-point sum) and keeps, per
-    round, the aggregated train metrics and the clients that failed, so the run can report them."""
+class RoundLog:
+    """Mixed into a Flower strategy: replies aggregated in client order (a seed then fixes the floating-point sum),
+    and, per round, the aggregated train metrics and the clients that failed, so the run can report them."""
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("train_metrics_aggr_fn", aggregate_train_metrics)
@@ -62,6 +64,51 @@ class FedAvgWithLog(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.rounds[server_round] = {"metrics": dict(metrics) if metrics is not None else {}, "failed": failed}
         return arrays, metrics
+
+
+class FedAvgWithLog(RoundLog, FedAvg):
+    """FedAvg (the new weights are the clients' mean), with the round log."""
+
+
+class FedAdamWithLog(RoundLog, FedAdam):
+    """FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization"): the clients' mean update is a pseudo-gradient
+    for Adam on the server, which fine-tunes a pretrained transformer in far fewer rounds than FedAvg's plain step.
+    The clients still run plain SGD from the weights they are sent, so what a client reveals is unchanged."""
+
+
+SERVER_OPTIMIZERS = "fedavg, or fedadam:eta=ETA[,tau=TAU] (server Adam step ETA > 0, its epsilon TAU > 0, default 1e-8)"
+
+
+def parse_server_optimizer(spec: str) -> tuple[str, dict[str, float]]:
+    """``fedavg`` or ``fedadam:eta=3e-4[,tau=1e-8]`` as (name, parameters); a bad spec is a UsageError."""
+    name, _, rest = str(spec).strip().partition(":")
+    if name == "fedavg" and not rest:
+        return name, {}
+    if name == "fedadam":
+        params: dict[str, float] = {"tau": 1e-8}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = float("nan")
+            if key.strip() not in ("eta", "tau") or not 0 < number < float("inf"):
+                raise UsageError(f"--server-optimizer {spec!r}: bad parameter {item!r}; accepted: {SERVER_OPTIMIZERS}")
+            params[key.strip()] = number
+        if "eta" in params:
+            return name, params
+    raise UsageError(f"--server-optimizer {spec!r}: accepted: {SERVER_OPTIMIZERS}")
+
+
+def server_strategy(spec: str, **kwargs) -> RoundLog:
+    """The base strategy a ``--server-optimizer`` spec names, with the round log (``kwargs``: Flower's FedAvg ones).
+
+    Adam's epsilon defaults to torch's 1e-8, not Flower's 1e-3: fine-tuning moves a weight by ~1e-5 per round, and
+    an epsilon above that turns Adam back into a (slower) plain step."""
+    name, params = parse_server_optimizer(spec)
+    if name == "fedavg":
+        return FedAvgWithLog(**kwargs)
+    return FedAdamWithLog(eta=params["eta"], tau=params["tau"], beta_1=0.9, beta_2=0.99, **kwargs)
 
 
 class StrategyWrapper(Strategy):
