@@ -46,7 +46,7 @@ NAME = "reference_frontier"
 REFERENCE = dict(model="minilm-l6", init="pretrained", dataset="sst2", max_length=64, mode="fedavg", local_steps=2,
                  batch_size=2, clients=16, rounds=28, lr=0.05, server_optimizer="fedadam:eta=3e-4", eval_every=28,
                  eval_examples=0, attack="best", attack_clients="1", attack_rounds="every:4",
-                 attack_backend="inline", attack_threads=1, attack_time_budget=30.0)
+                 attack_backend="inline", attack_threads=1, attack_time_budget=90.0)
 DEFENSES = ["none", "noise:sigma=1e-4", "noise:sigma=1e-3", "noise:sigma=1e-2", "noise:sigma=1e-1", "clip:c=1",
             "dp:epsilon=1,c=1", "dp:epsilon=3,c=1", "dp:epsilon=8,c=1", "dp:epsilon=1000,c=1"]
 QUICK = dict(model="tiny", init="uniform:0.1", dataset="pii", max_length=24, clients=2, rounds=2, eval_every=2,

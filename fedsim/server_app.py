@@ -123,7 +123,7 @@ def build_strategy(s: Settings, train_split: task.TaskData, recorder: Recorder, 
     is on. The curious server is outermost, so it takes the scoring channel out of each reply before any other
     layer reads it. ``attacker``: where jobs run (default: the one the settings name). ``s.defense`` must hold no
     unresolved budget (``resolve_defense``); ``calibration``: what resolved it (its delta is the run's)."""
-    strategy: Strategy = server_strategy(s.server_optimizer, fraction_train=1.0, fraction_evaluate=0.0,
+    strategy: Strategy = server_strategy(s.server_optimizer, s.lr, fraction_train=1.0, fraction_evaluate=0.0,
                                          min_train_nodes=s.clients, min_available_nodes=s.clients)
     if s.defense:  # without a defense there is no guarantee to report: epsilon stays null
         strategy = PrivacyAccounting(strategy, delta=calibration.delta if calibration else DEFAULT_DELTA)

@@ -25,7 +25,7 @@ from defenses import parse_defenses
 from fedsim.core.data import TASKS, partition
 from fedsim.core.errors import UsageError
 from fedsim.core.models import MODEL_NAMES, parse_init
-from fedsim.strategies.base import parse_server_optimizer
+from fedsim.core.server_optimizer import parse_server_optimizer
 
 MODES = ("fedsgd", "fedavg")
 ATTACK_BACKENDS = ("ray", "inline")

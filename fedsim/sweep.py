@@ -160,7 +160,13 @@ def execute(todo: list[tuple[int, tuple[str, str, Settings]]], total: int, run: 
 
 
 def _run_quietly(run: Callable[..., dict[str, Any]], settings: Settings, threads: int) -> dict[str, Any]:
+    import logging
+
+    from fedsim.core.logs import quiet_libraries
+
     torch.set_num_threads(threads)
+    quiet_libraries()
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # Flower logs every step at INFO
     return run(settings, echo=_silent)
 
 

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, Result, Strategy
 
-from fedsim.core.errors import UsageError
+from fedsim.core.server_optimizer import SERVER_OPTIMIZERS, parse_server_optimizer
 
 
 TRUTH_KEY = "truth"  # the scoring channel's record in a client reply (fedsim.client_app module doc)
@@ -76,39 +76,17 @@ class FedAdamWithLog(RoundLog, FedAdam):
     The clients still run plain SGD from the weights they are sent, so what a client reveals is unchanged."""
 
 
-SERVER_OPTIMIZERS = "fedavg, or fedadam:eta=ETA[,tau=TAU] (server Adam step ETA > 0, its epsilon TAU > 0, default 1e-8)"
-
-
-def parse_server_optimizer(spec: str) -> tuple[str, dict[str, float]]:
-    """``fedavg`` or ``fedadam:eta=3e-4[,tau=1e-8]`` as (name, parameters); a bad spec is a UsageError."""
-    name, _, rest = str(spec).strip().partition(":")
-    if name == "fedavg" and not rest:
-        return name, {}
-    if name == "fedadam":
-        params: dict[str, float] = {"tau": 1e-8}
-        for item in filter(None, rest.split(",")):
-            key, _, value = item.partition("=")
-            try:
-                number = float(value)
-            except ValueError:
-                number = float("nan")
-            if key.strip() not in ("eta", "tau") or not 0 < number < float("inf"):
-                raise UsageError(f"--server-optimizer {spec!r}: bad parameter {item!r}; accepted: {SERVER_OPTIMIZERS}")
-            params[key.strip()] = number
-        if "eta" in params:
-            return name, params
-    raise UsageError(f"--server-optimizer {spec!r}: accepted: {SERVER_OPTIMIZERS}")
-
-
-def server_strategy(spec: str, **kwargs) -> RoundLog:
-    """The base strategy a ``--server-optimizer`` spec names, with the round log (``kwargs``: Flower's FedAvg ones).
+def server_strategy(spec: str, client_lr: float = 0.1, **kwargs) -> RoundLog:
+    """The base strategy a ``--server-optimizer`` spec names, with the round log (``kwargs``: Flower's FedAvg ones;
+    ``client_lr`` only labels Flower's log of FedAdam, whose clients train with their own lr).
 
     Adam's epsilon defaults to torch's 1e-8, not Flower's 1e-3: fine-tuning moves a weight by ~1e-5 per round, and
     an epsilon above that turns Adam back into a (slower) plain step."""
     name, params = parse_server_optimizer(spec)
     if name == "fedavg":
         return FedAvgWithLog(**kwargs)
-    return FedAdamWithLog(eta=params["eta"], tau=params["tau"], beta_1=0.9, beta_2=0.99, **kwargs)
+    return FedAdamWithLog(eta=params["eta"], eta_l=client_lr, tau=params["tau"], beta_1=0.9, beta_2=0.99,
+                          **kwargs)
 
 
 class StrategyWrapper(Strategy):
