@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METRIC_COLUMNS = [f"{m}_{s}" for m in ("recover_rate", "rouge1", "rouge2", "rougeL") for s in ("mean", "std", "ci95")]
 # script -> (key columns of its CSV, whether it draws a PNG, whether its CSV holds leakage metrics)
 # Result scripts whose quick run is tested in their own test module rather than by test_quick_run_writes_tables.
-TESTED_ELSEWHERE = {"secagg_study": "tests/test_secagg.py"}
+TESTED_ELSEWHERE = {"secagg_study": "tests/test_secagg.py", "reference_frontier": "tests/test_reference_frontier.py"}
 SCRIPTS = {
     "table2_model_size": (["model", "n"], False, True),
     "fig5_tag_vs_dlg": (["method", "n"], True, True),

@@ -94,3 +94,25 @@ def test_past_the_rank_limit_span_says_so_and_best_certifies_nothing(tokenizer):
     assert span.info["over_rank_limit"] is True and "past the rank limit" in span.info["reason"]
     best = run_attack("best", observation, Budget(5), seed=0, options={"attacks": ("tag",)})
     assert best.info["over_rank_limit"] is True and best.certified == [False, False]
+
+
+TEMPLATE = ["please pay alice ten dollars", "please pay bob ten dollars", "please pay alice five dollars",
+            "please call bob today", "please call alice today", "please pay carol five dollars",
+            "please call carol today", "please pay bob five dollars"]  # every word shared with other sentences
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eight_sentences_that_share_most_tokens_are_recovered_exactly_and_certified(tokenizer, seed):
+    """Issue #11's template-text case on `tiny` (`uniform:0.1`): 53 tokens against d = 32, but a first-layer input
+    is a (token, position) pair and the 8 sentences have only 13 distinct ones, so the span is small; linking
+    shared words into the right sentences is the hard part. Every sequence reproduces the gradient (certified)."""
+    model = build_model("tiny", "uniform:0.1", seed=seed)
+    labels = [i % 2 for i in range(len(TEMPLATE))]
+    batch = make_batch(tokenizer, TEMPLATE, labels)
+    assert int(batch["attention_mask"].sum()) > model.config.hidden_size  # past the naive rank count
+    obs = Observation(model, batch_gradients(model, batch), len(TEMPLATE), tokenizer)
+    rec = get_attack("span")(obs, BUDGET)
+    assert sorted(rec.texts) == sorted(TEMPLATE)
+    assert rec.certified == [True] * len(TEMPLATE)
+    truth = dict(zip(TEMPLATE, labels))
+    assert [truth[t] for t in rec.texts] == rec.labels

@@ -1,0 +1,39 @@
+"""``experiments/reference_frontier.py`` (issue #12, item 4): the committed run's pipeline, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_federation import _one_thread, _task_identity  # noqa: F401  (autouse fixtures)
+
+from experiments import reference_frontier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_reference_frontier_writes_the_table_verdict_and_command(tmp_path, capsys):
+    out = tmp_path / "results" / "reference_frontier"
+    result = reference_frontier.main(["--quick", "--seeds", "1", "--jobs", "1", "--out", str(out)])
+    assert result["runs"] == 2 and result["reused"] == 0
+    assert [r["defense"] for r in result["rows"]] == ["none", "noise:sigma=0.1"]
+    assert all(r["n_updates"] + r["n_failed"] >= 1 for r in result["rows"])  # every setting was attacked
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result  # one JSON line last
+    for name in ("tradeoff.csv", "runs.csv", "verdict.json", "frontier.png", "summary.json"):
+        assert (out / name).is_file(), name
+    table = (out.parent / "reference_frontier.md").read_text()
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert "--quick --seeds 1 --jobs 1" in table and verdict["text"][0] in table and "0 kept" in table
+    again = reference_frontier.main(["--quick", "--seeds", "1", "--jobs", "1", "--out", str(out), "--resume"])
+    assert again["reused"] == 2 and [r["rouge1_mean"] for r in again["rows"]] == [
+        r["rouge1_mean"] for r in result["rows"]]
+
+
+def test_a_missing_glue_copy_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "reference_frontier.py"), "--data-dir",
+                           str(tmp_path / "no-glue"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "no-glue" in done.stderr
