@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedsim.core.plots import pyplot
-from fedsim.results import FILES, RunDir
+from fedsim.results import FILES, RunDir, without_text
 from fedsim.settings import Settings, command_flags
 
 LEAK_KEYS = ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct")
@@ -82,6 +82,7 @@ class Recorder:
         for record in records:
             self.leaks.append(record)
             self.files.append("leakage.jsonl", record)
+            self.files.append("scores.jsonl", without_text(record))
 
     def finish(self, status: str) -> dict[str, Any]:
         self.status = status

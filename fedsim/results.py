@@ -60,6 +60,8 @@ FILES: dict[str, tuple[OutputFile, ...]] = {
                    "seconds, failed_clients, unprotected_clients", private=True),
         OutputFile("leakage.jsonl", "one line per attacked update as jobs finish: round, client, method, reference, "
                    "reconstruction, scores, seconds, or error", private=True),
+        OutputFile("scores.jsonl", "leakage.jsonl without the text (TEXT_FIELDS): what a sweep reads, and what may "
+                   "be shared or committed; appended with it (0600 like every JSON record file)", private=True),
         OutputFile(SUMMARY, "kind, status (running/completed/interrupted/failed), accuracies, epsilon, mean "
                    "leakage, the settings; rewritten every round", private=True),
         OutputFile("simulate.png", "dev accuracy and leakage per round (scores only); written at the end"),
@@ -215,6 +217,20 @@ def read_summary(directory: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+TEXT_FIELDS = ("reference", "reconstruction")  # a leakage record's private and recovered text
+
+
+def without_text(record: dict[str, Any]) -> dict[str, Any]:
+    """A leakage record's figures only (scores.jsonl)."""
+    return {k: v for k, v in record.items() if k not in TEXT_FIELDS}
+
+
+def read_scores(directory: str | Path) -> list[dict[str, Any]]:
+    """A simulate run's attacked updates, figures only: scores.jsonl, else (older runs) leakage.jsonl."""
+    has_scores = (Path(directory) / "scores.jsonl").is_file()
+    return read_records(directory, "scores.jsonl" if has_scores else "leakage.jsonl")
 
 
 def read_records(directory: str | Path, name: str) -> list[dict[str, Any]]:

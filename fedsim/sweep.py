@@ -27,7 +27,7 @@ from fedsim.core.io import write_json
 from fedsim.frontier.plot import plot_frontier
 from fedsim.frontier.stats import COLUMNS, aggregate, loss_curves
 from fedsim.frontier.verdict import verdict
-from fedsim.results import Resume, RunDir, read_records
+from fedsim.results import Resume, RunDir, read_records, read_scores
 from fedsim.server_app import resolve_defense
 from fedsim.settings import Settings
 
@@ -178,7 +178,7 @@ def run_record(label: str, attack: str, settings: Settings, summary: dict[str, A
                reused: bool) -> dict[str, Any]:
     """One run as ``fedsim.frontier`` reads it: its accuracy and ε from its summary, its attacked updates' scores and
     its loss curve from its own files (so leakage and accuracy are of the same federation)."""
-    leaks = read_records(settings.out, "leakage.jsonl")
+    leaks = read_scores(settings.out)
     updates = [{"error": True} if "error" in r else {"rouge1": r.get("rouge1"), "rouge2": r.get("rouge2")}
                for r in leaks]
     scored = [u for u in updates if "error" not in u]

@@ -26,6 +26,11 @@ def test_quick_reference_frontier_writes_the_table_verdict_and_command(tmp_path,
     table = (out.parent / "reference_frontier.md").read_text()
     verdict = json.loads((out / "verdict.json").read_text())
     assert "--quick --seeds 1 --jobs 1" in table and verdict["text"][0] in table and "0 kept" in table
+    for run in (p for p in out.iterdir() if p.is_dir()):  # the committed figures hold no text
+        leaks = [json.loads(line) for line in (run / "leakage.jsonl").read_text().splitlines()]
+        scores = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
+        assert [s.get("rouge1") for s in scores] == [r.get("rouge1") for r in leaks] and scores
+        assert not any("reference" in s or "reconstruction" in s for s in scores)
     again = reference_frontier.main(["--quick", "--seeds", "1", "--jobs", "1", "--out", str(out), "--resume"])
     assert again["reused"] == 2 and [r["rouge1_mean"] for r in again["rows"]] == [
         r["rouge1_mean"] for r in result["rows"]]

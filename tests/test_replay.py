@@ -70,3 +70,87 @@ def test_replay_does_not_certify_a_wrong_sentence_or_a_fedsgd_observation():
 
     fedsgd = dataclasses.replace(observation, local_steps=1, learning_rate=None)
     assert not certify_by_replay(fedsgd, ids, labels).passed
+
+
+def _fedavg_batches_observation(seed: int, steps: int = 2, size: int = 2, lr: float = 1.0, max_length: int = 7):
+    """A tiny model and ``steps`` local batches of ``size`` pii sentences; the update the server derives (with the
+    rounding bound the curious server publishes), the batches, and the client's weights after its first step."""
+    import copy
+    import math
+
+    import torch
+
+    from adversary.case import Observation
+    from fedsim import task
+    from fedsim.core.models import build_model
+    from fedsim.core.text import load_tokenizer
+    from fedsim.core.train import EPS32, batch_gradients, sgd_step
+
+    tok = load_tokenizer("bert-base-uncased")
+    data = task.load_split("pii", "train", "", 0)
+    model = build_model("tiny", "uniform:0.1", num_labels=data.num_labels, vocab_size=len(tok), seed=seed).eval()
+    first = seed * steps * size
+    batches = [task.batch_of(data, list(range(first + k * size, first + (k + 1) * size)), "bert-base-uncased",
+                             max_length) for k in range(steps)]
+    after_one = copy.deepcopy(model)
+    sgd_step(after_one, batch_gradients(after_one, batches[0]), lr)
+    client = copy.deepcopy(model)
+    task.local_train(client, batches, lr, batch_gradients)
+    before, after = dict(model.named_parameters()), dict(client.named_parameters())
+    update = {n: ((before[n].double() - after[n].double()) / (lr * steps)).float().detach() for n in before}
+    error = {}
+    for n, g in update.items():  # as CuriousServer.rounding_error
+        w = after[n].detach().float().abs()
+        ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
+        error[n] = float(ulp.double().norm() / lr + EPS32 * g.double().norm())
+    observation = Observation(model=model, gradients=update, batch_size=steps * size, tokenizer=tok,
+                              gradient_error=error, local_steps=steps, learning_rate=lr)
+    return observation, batches, after_one
+
+
+def _sequences(batch):
+    return [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def test_peeling_the_first_step_leaves_the_second_steps_gradient_at_the_drifted_weights():
+    from adversary.replay import peel_first_step
+    from fedsim.core.train import batch_gradients
+
+    observation, batches, after_one = _fedavg_batches_observation(seed=0)
+    rest = peel_first_step(observation, _sequences(batches[0]), batches[0]["labels"].tolist())
+    assert rest.local_steps == 1 and rest.batch_size == 2 and rest.learning_rate is None
+    assert all(bool((p == q).all()) for p, q in zip(rest.model.parameters(), after_one.parameters()))
+    truth = batch_gradients(after_one, batches[1])
+    diff = sum(float((truth[n].double() - rest.gradients[n].double()).square().sum()) for n in truth) ** 0.5
+    norm = sum(float(truth[n].double().square().sum()) for n in truth) ** 0.5
+    assert diff / norm < 1e-5
+    wrong = peel_first_step(observation, _sequences(batches[0]), [1 - y for y in batches[0]["labels"].tolist()])
+    off = sum(float((truth[n].double() - wrong.gradients[n].double()).square().sum()) for n in truth) ** 0.5
+    assert off / norm > 1e-3  # wrong labels for step 1 leave a residual that is not step 2's gradient
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_fedavg_e2_b2_update_on_tiny_is_recovered_exactly_and_certified(seed):
+    """Issue #11, FedAvg: 4 sentences in 2 drifting local steps of 2. The later step's inputs sit off the global
+    weights' spans (drift_cut), and it is recovered by peeling the first step off (peel_first_step)."""
+    from adversary.options import Budget
+    from adversary.registry import get_attack
+
+    observation, batches, _ = _fedavg_batches_observation(seed)
+    rec = get_attack("span")(observation, Budget(iterations=500, seconds=60))
+    truth = [ids for batch in batches for ids in _sequences(batch)]
+    labels = [y for batch in batches for y in batch["labels"].tolist()]
+    assert sorted(rec.token_ids) == sorted(truth) and rec.certified == [True] * 4
+    assert sorted(zip(map(tuple, rec.token_ids), rec.labels)) == sorted(zip(map(tuple, truth), labels))
+
+
+def test_drift_cut_keeps_each_positions_closest_and_cuts_at_the_widest_gap():
+    from adversary.span.subspace import drift_cut
+
+    found = [[(1, 0, 1e-5)], [(2, 0, 2e-4), (3, 0, 1e-3), (4, 0, 3e-2)], [(5, 0, 8e-4), (6, 0, 5e-2)]]
+    kept, cut, gap = drift_cut(found)
+    assert [[t for t, _, _ in row] for row in kept] == [[1], [2, 3], [5]] and 1e-3 < cut < 3e-2 and gap == 30
+    far = [[(1, 0, 0.04)], [(2, 0, 1e-4), (3, 0, 1e-3)]]  # the first position's only member is never dropped
+    assert drift_cut(far)[0] == far
+    even = [[(1, 0, 1e-3), (2, 0, 1.5e-3), (3, 0, 2e-3)]]  # no gap of 2x: nothing changes
+    assert drift_cut(even) == (even, None, pytest.approx(1.5))

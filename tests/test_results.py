@@ -47,7 +47,7 @@ def test_declarations_match_names_and_refuse_the_undeclared(tmp_path):
         RunDir(tmp_path, "attack").write_text("notes.txt", "x")
     with pytest.raises(ValueError, match="not a declared"):
         declared("experiment", "raw/nested/x.jsonl")
-    assert {f.name for f in FILES["simulate"]} == {"rounds.jsonl", "leakage.jsonl", "summary.json", "simulate.png",
+    assert {f.name for f in FILES["simulate"]} == {"rounds.jsonl", "leakage.jsonl", "scores.jsonl", "summary.json", "simulate.png",
                                                   "report.html"}
 
 
@@ -89,7 +89,8 @@ def test_simulate_writes_its_declared_files(tmp_path, capsys):
     out = tmp_path / "sim"
     summary = simulate_run(Settings(model="tiny", init="normal:0.02", dataset="pii", rounds=1, attack="tag", out=str(out)))
     assert summary["kind"] == "simulate" and summary["rouge1"] == pytest.approx(0.8)
-    assert check_declared(out, "simulate") == ["leakage.jsonl", "rounds.jsonl", "simulate.png", "summary.json"]
+    assert check_declared(out, "simulate") == ["leakage.jsonl", "rounds.jsonl", "scores.jsonl", "simulate.png",
+                                                 "summary.json"]
     assert main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"# Federation: {out}\n") and "my pin is 4711" in text
