@@ -55,7 +55,7 @@ REFERENCE = dict(model="minilm-l6", init="pretrained", dataset="sst2", max_lengt
 DEFENSES = ["none", "noise:sigma=1e-4", "noise:sigma=1e-3", "noise:sigma=1e-2", "noise:sigma=1e-1", "clip:c=1",
             "dp:epsilon=1,c=1", "dp:epsilon=3,c=1", "dp:epsilon=8,c=1", "dp:epsilon=1000,c=1"]
 QUICK = dict(model="tiny", init="uniform:0.1", dataset="pii", max_length=24, clients=2, rounds=2, eval_every=2,
-             eval_examples=40, attack_rounds="all", attack_iterations=20, attack_time_budget=10.0,
+             eval_examples=40, attack_rounds="all", attack_iterations=20, attack_time_budget=3.0,
              server_optimizer="fedadam:eta=1e-3")
 QUICK_DEFENSES = ["none", "noise:sigma=0.1"]
 TABLE = ("defense", "epsilon", "n_seeds", "accuracy_mean", "accuracy_sd", "accuracy_cost_points", "accuracy_cost_lo",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, Result, Strategy
 
@@ -73,7 +73,20 @@ class FedAvgWithLog(RoundLog, FedAvg):
 class FedAdamWithLog(RoundLog, FedAdam):
     """FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization"): the clients' mean update is a pseudo-gradient
     for Adam on the server, which fine-tunes a pretrained transformer in far fewer rounds than FedAvg's plain step.
-    The clients still run plain SGD from the weights they are sent, so what a client reveals is unchanged."""
+    The clients still run plain SGD from the weights they are sent, so what a client reveals is unchanged.
+
+    Flower's Adam step returns float64 arrays (a NumPy float64 scalar times float32 arrays); the new weights are cast
+    back to the model's dtype, so that every client, the server's evaluation and the curious server hold the same
+    float32 weights (a float64 global made every coordinate of every derived update differ by its float32 rounding:
+    the whole vocabulary looked used)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dtypes = {k: a.dtype for k, a in self.current_arrays.items()} if self.current_arrays else {}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None or not dtypes:
+            return arrays, metrics
+        return ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=dtypes.get(k, a.dtype)))
+                            for k, a in arrays.items()}), metrics
 
 
 def server_strategy(spec: str, client_lr: float = 0.1, **kwargs) -> RoundLog:
