@@ -107,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{args.seeds} seeds), {summary.get('reused', 0)} kept from an earlier run (`--resume`); this "
             f"invocation's wall time {wall:.0f} s on {os.cpu_count()} CPU cores, {args.jobs} federation(s) at once, "
             f"load average {load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end. Accuracy: whole dev split, "
-            f"mean ± sd over seeds; its cost against `none` with a Welch 95% interval; leakage: ROUGE-1/2 of `best` "
-            f"over every attacked update of every seed, 95% interval.")
+            f"mean ± sd over seeds; its cost against `none` with a Welch 95% interval; leakage: ROUGE-1/2 of "
+            f"`{base.attack}` ({base.attack_time_budget:.0f} s per update, {base.attack_threads} torch thread(s): a "
+            f"setting that stops it within that budget may not stop a longer attack) over every attacked update of "
+            f"every seed, 95% interval.")
     files = RunDir(args.out.parent, "experiment")  # beside the other scripts' tables
     files.write_text(f"{NAME}.md", "\n\n".join([
         "# The reference frontier (`best`, the worst case, against accuracy)", note,

@@ -183,7 +183,7 @@ def drift_cut(found: list[list[tuple[int, int, float]]], min_gap: float = 2.0
     rows = [row for row in found if row]
     if not rows:
         return found, None, 1.0
-    floor = max(row[0][2] if row else 0.0 for row in rows)  # rows are sorted by distance
+    floor = max(row[0][2] for row in rows)  # rows are sorted by distance: each position keeps its closest
     dists = sorted({c[2] for row in rows for c in row if c[2] >= floor})
     best, cut = 1.0, None
     for low, high in zip(dists, dists[1:]):
