@@ -6,12 +6,16 @@ the client really used; it travels on a separate channel and is read only by the
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedsim.core.text import decode
-from fedsim.core.train import GradientFn, batch_gradients
+from fedsim.core.train import EPS32, Batch, GradientFn, batch_gradients, sgd_step
 
 
 @dataclass
@@ -40,6 +44,9 @@ class Observation:
     # Public: the server set lr and E. 1 and None for a gradient of one step (FedSGD); see adversary.replay.
     local_steps: int = 1
     learning_rate: float | None = None
+    # The truncation length the server configured for every client's tokenizer (public: it sent it); None: the
+    # model's position table. Bounds the lengths an attack tries when the gradient does not show them (noise).
+    max_length: int | None = None
 
     def error_of(self, names: list[str]) -> float:
         """The error bound of these tensors stacked together (0 when the gradient is exact)."""
@@ -94,7 +101,6 @@ def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: P
     gradients = (gradient_fn or batch_gradients)(model, batch)
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
     lengths = [int(n) for n in mask.sum(1).tolist()]
-    token_ids = [batch["input_ids"][b, :n].tolist() for b, n in enumerate(lengths)]
     segments = None
     if public_lengths and "token_type_ids" in batch:
         segments = [batch["token_type_ids"][b, :n].tolist() for b, n in enumerate(lengths)]
@@ -102,6 +108,58 @@ def observe(model: PreTrainedModel, batch: dict[str, torch.Tensor], tokenizer: P
                               batch_size=len(lengths), tokenizer=tokenizer,
                               seq_lengths=lengths if public_lengths else None,
                               num_labels=int(getattr(model.config, "num_labels", 2)), segment_ids=segments)
-    truth = GroundTruth(texts=[decode(tokenizer, ids) for ids in token_ids], token_ids=token_ids,
-                        labels=[int(y) for y in batch["labels"].tolist()])
+    return observation, ground_truth(batch, tokenizer)
+
+
+def ground_truth(batch: Batch, tokenizer: PreTrainedTokenizerBase) -> GroundTruth:
+    """The private side of a batch: its sentences as the model saw them, their token ids and labels."""
+    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+    token_ids = [row[:int(n)].tolist() for row, n in zip(batch["input_ids"], mask.sum(1))]
+    return GroundTruth(texts=[decode(tokenizer, ids) for ids in token_ids], token_ids=token_ids,
+                       labels=[int(y) for y in batch["labels"].tolist()])
+
+
+# --- what a server derives from weights (FedSGD or FedAvg updates) ------------------------------------------------
+def derive_gradient(global_state: Mapping[str, torch.Tensor], client_state: Mapping[str, torch.Tensor],
+                    names: Iterable[str], scale: float) -> dict[str, torch.Tensor]:
+    """(w_global - w_client) / scale in float64, returned as float32: the gradient (FedSGD, scale = lr) or the mean
+    of the E local gradients (FedAvg, scale = lr * E) that a server computes from the weights a client returns."""
+    return {n: ((global_state[n].double() - client_state[n].double()) / scale).float() for n in names}
+
+
+def rounding_error(client_state: Mapping[str, torch.Tensor], gradients: Mapping[str, torch.Tensor], scale: float,
+                   roundings: int) -> dict[str, float]:
+    """Per tensor, the bound the server publishes on ||derived - true||_F from float32 rounding alone: each of the
+    ``roundings`` weight updates behind the client's weights rounds them by at most ulp(w)/2 (ulp(w) here, for
+    steps that cross a power of two), divided by ``scale``, plus the float32 cast of the result. Exact-recovery
+    attacks set their thresholds from it, so it lives in one place."""
+    bounds = {}
+    for n, g in gradients.items():
+        w = client_state[n].float().abs()
+        ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
+        bounds[n] = float(roundings * ulp.double().norm() / scale + EPS32 * g.double().norm())
+    return bounds
+
+
+def observe_fedavg(model: PreTrainedModel, batches: Sequence[Batch], tokenizer: PreTrainedTokenizerBase, lr: float,
+                   *, gradient_fn: GradientFn | None = None,
+                   max_length: int | None = None) -> tuple[Observation, GroundTruth]:
+    """One FedAvg client (E = len(batches) plain SGD steps at ``lr`` from ``model``'s weights) split into what the
+    curious server holds, exactly as :class:`fedsim.strategies.CuriousServer` derives it (the update as a gradient,
+    its rounding bound, E and lr; no lengths), and the private batches, in step order."""
+    client = copy.deepcopy(model).eval()
+    for batch in batches:
+        sgd_step(client, (gradient_fn or batch_gradients)(client, batch), lr)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    after = {n: p.detach() for n, p in client.named_parameters()}
+    scale = lr * len(batches)
+    before = {n: p.detach() for n, p in model.named_parameters()}
+    gradients = derive_gradient(before, after, names, scale)
+    observation = Observation(model=model, gradients=gradients, batch_size=sum(len(b["labels"]) for b in batches),
+                              tokenizer=tokenizer, num_labels=int(getattr(model.config, "num_labels", 2)),
+                              gradient_error=rounding_error(after, gradients, scale, len(batches)),
+                              local_steps=len(batches), learning_rate=lr, max_length=max_length)
+    truths = [ground_truth(b, tokenizer) for b in batches]
+    truth = GroundTruth(texts=[t for g in truths for t in g.texts], token_ids=[i for g in truths for i in g.token_ids],
+                        labels=[y for g in truths for y in g.labels])
     return observation, truth

@@ -253,14 +253,45 @@ def matched_parameters(model: torch.nn.Module, gradients: dict[str, torch.Tensor
 
 
 def infer_length(observation: Observation) -> int:
-    """Padded sequence length from the gradient: the position-embedding rows that received any gradient."""
+    """Padded sequence length from the gradient: the position-embedding rows that received gradient.
+
+    A clean gradient has exact zeros past it. Under noise every row is non-zero; reading the length as "the last
+    non-zero row" then gives the whole table (512 positions), and an optimisation attack spends its budget on a
+    dummy 10-30x too long: a defense would look effective because the attack never got going. So a noised
+    gradient's length is where the row norms fall to the noise floor (:func:`noise_floor_length`), and at most the
+    truncation length the server configured (``observation.max_length``) when the noise hides it."""
     for name, grad in observation.gradients.items():
         if name.endswith("position_embeddings.weight"):
-            used = (grad.detach().abs().sum(1) > 0).nonzero().flatten()
+            norms = grad.detach().double().norm(dim=1)
+            used = (norms > 0).nonzero().flatten()
+            if len(used) == len(norms) > 2:
+                found = noise_floor_length(norms)
+                return min(found, observation.max_length or found)
             if len(used):
                 return int(used.max()) + 1
     raise UsageError("sequence length not given and not readable from the gradient "
                      "(no non-zero position-embedding gradient); pass seq_lengths")
+
+
+def noise_floor_length(norms: torch.Tensor, margin: float = math.log(1.25)) -> int:
+    """The number of leading rows above the noise floor of a noised gradient's per-position norms.
+
+    The log norms are split where a high prefix and a flat tail leave the least squared spread (the tail is noise
+    alone); the floor is the tail's median, and the length is one past the last row more than ``margin`` (a factor
+    of 1.25) and 6 robust deviations above it (noise rows' norms concentrate: a few percent apart for d = 384), so
+    the staircase of shorter sequences stays inside. No such row (noise as large as the signal): the whole table."""
+    x = norms.clamp_min(torch.finfo(torch.float64).tiny).log()
+    n = len(x)
+    csum, csq = torch.cumsum(x, 0), torch.cumsum(x * x, 0)
+    k = torch.arange(1, n, dtype=torch.float64)
+    left = csq[:-1] - csum[:-1] ** 2 / k
+    right = (csq[-1] - csq[:-1]) - (csum[-1] - csum[:-1]) ** 2 / (n - k)
+    split = int(torch.argmin(left + right)) + 1
+    tail = x[split:]
+    floor = float(tail.median())
+    spread = 1.4826 * float((tail - floor).abs().median())
+    above = (x > floor + max(margin, 6 * spread)).nonzero().flatten()
+    return int(above.max()) + 1 if len(above) else n
 
 
 @contextlib.contextmanager

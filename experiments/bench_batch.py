@@ -7,7 +7,11 @@ Batch kinds: ``random`` (CoLA dev sentences drawn at random by ``--seed``), ``co
 CoLA dev sentences, which come from one source and share words; the runs are drawn at random, never overlapping)
 and ``template`` (the built-in ``pii`` sentences: five templates per label, so most tokens recur across the batch).
 Each batch is one FedSGD gradient of the model at its initial weights; the attack reads the sequence lengths from
-the gradient (``--public-lengths`` gives them) under ``Budget(--iterations, --time-budget)``.
+the gradient (``--public-lengths`` gives them) under ``Budget(--iterations, --time-budget)``. With
+``--local-steps E`` (E > 1) each batch is one FedAvg client instead: E plain SGD steps at ``--lr`` on E batches of B,
+and the attack gets the update the curious server derives from the returned weights (``adversary.case.
+observe_fedavg``: the mean of E gradients at drifting weights, its rounding bound, E and lr, no lengths); it must
+recover all E x B sentences.
 
 The rank limit: the first attention layer's weight gradient has rank at most N (the batch's tokens, [CLS]/[SEP]
 included) and at most d (the hidden size), so past N > d the span test cannot separate the batch's inputs and the
@@ -41,7 +45,7 @@ from experiments import common  # noqa: E402  (sets the OpenMP and offline envir
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from adversary.case import observe  # noqa: E402
+from adversary.case import observe, observe_fedavg  # noqa: E402
 from adversary.metrics import content, score, special_ids_of  # noqa: E402
 from adversary.options import Budget  # noqa: E402
 from adversary.registry import get_attack  # noqa: E402
@@ -57,14 +61,14 @@ NAME = "bench_batch"
 KINDS = ("random", "consecutive", "template")
 METHODS = ("span", "best")
 DEFAULT_OUT = common.RESULTS / NAME
-CELL = ("model", "init", "B", "kind")
+CELL = ("model", "init", "E", "B", "kind")
 METRICS = ("exact", "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "tokens")
 # issue #11, item 2: the targets on 2 CPU cores
 TARGET_EXACT, TARGET_ROUGE1, TARGET_MAX_B = 0.95, 0.99, 32
 TARGET_SECONDS, TARGET_SECONDS_B = 60.0, 16
 INFO_FLAGS = ("span_check_passed", "deadline_reached", "certified_sequences", "descents", "rank", "best_attack",
               "reason")
-UNIT = (*CELL, "batch", "method", "seed", "iterations_budget", "time_budget", "public_lengths", "batch_sha")
+UNIT = (*CELL, "batch", "method", "seed", "iterations_budget", "time_budget", "public_lengths", "lr", "batch_sha")
 BATCH_COLUMNS = (*CELL, "batch", "method", "tokens", "distinct_inputs", "hidden", "over_rank_limit", "exact",
                  "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "iterations", *INFO_FLAGS,
                  "batch_sha", "resumed")
@@ -78,6 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", nargs="+", default=["normal:0.02"],
                    help="one init for every model, or one per model (default: normal:0.02)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 16], help="B (default: 8 16)")
+    p.add_argument("--local-steps", type=int, default=1,
+                   help="E: 1 = a FedSGD gradient of B sentences; E > 1 = a FedAvg update of E steps of B (default: 1)")
+    p.add_argument("--lr", type=float, default=0.05, help="the FedAvg client's SGD learning rate (default: 0.05)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), help=f"batch kinds (default: {' '.join(KINDS)})")
     p.add_argument("--batches", type=int, default=2, help="batches per cell (default: 2)")
     p.add_argument("--method", default="span", help=f"attack: {' or '.join(METHODS)} (default: span)")
@@ -103,12 +110,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(f"--init takes one init or one per model ({len(args.models)}), got {len(args.init)}")
     for spec in args.init:
         parse_init(spec)
-    for name in ("batches", "threads", "iterations"):
+    for name in ("batches", "threads", "iterations", "local_steps"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be a positive whole number, got {value}")
     if any(b <= 0 for b in args.batch_sizes):
         raise UsageError(f"--batch-sizes must be positive whole numbers, got {args.batch_sizes}")
+    if not (0 < args.lr < math.inf):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.local_steps > 1 and args.public_lengths:
+        raise UsageError("--public-lengths is for FedSGD gradients (--local-steps 1): a FedAvg server never sees lengths")
     if not (0 < args.time_budget < math.inf):
         raise UsageError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     args.inits = args.init * len(args.models) if len(args.init) == 1 else list(args.init)
@@ -163,9 +174,15 @@ def exact_rate(truth_ids: Sequence[Sequence[int]], rec_ids: Sequence[Sequence[in
 
 def attack_batch(model: Any, tokenizer: Any, batch: Batch, args: argparse.Namespace, index: int) -> dict[str, Any]:
     """One client gradient, the attack under its budget, and the scores (the raw row, texts included)."""
-    size = len(batch.texts)
-    observation, truth = observe(model, make_batch(tokenizer, batch.texts, batch.labels), tokenizer,
-                                 public_lengths=args.public_lengths)
+    size, steps = len(batch.texts), args.local_steps
+    if steps > 1:  # a FedAvg client: E consecutive steps of B sentences
+        b = size // steps
+        local = [make_batch(tokenizer, batch.texts[k * b:(k + 1) * b], batch.labels[k * b:(k + 1) * b])
+                 for k in range(steps)]
+        observation, truth = observe_fedavg(model, local, tokenizer, args.lr)
+    else:
+        observation, truth = observe(model, make_batch(tokenizer, batch.texts, batch.labels), tokenizer,
+                                     public_lengths=args.public_lengths)
     budget = Budget(args.iterations or 64 * size, args.time_budget)
     start, cpu = time.perf_counter(), time.process_time()
     rec = get_attack(args.method)(observation, budget, batch_seed(args.seed, index))
@@ -194,6 +211,8 @@ def target_verdict(cell: dict[str, Any]) -> str:
                                           "nothing certified")
     if cell["B"] > TARGET_MAX_B:
         return "no target (B > 32)"
+    if cell["E"] > 1:
+        return f"no target (FedAvg, E = {cell['E']})"
     missed = []
     if cell["exact_mean"] < TARGET_EXACT:
         missed.append(f"exact < {TARGET_EXACT}")
@@ -225,18 +244,22 @@ def write_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[d
     columns = [*CELL, "n", "hidden", "over_rank_limit", "certified_past_limit", "targets"] + \
         [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95")]
     common.write_csv(args.out / f"{NAME}.csv", stats, columns)
-    table = [[c["model"], c["init"], c["B"], c["kind"], c["n"], f"{c['tokens_mean']:.0f}", c["hidden"],
+    table = [[c["model"], c["init"], c["E"], c["B"], c["kind"], c["n"], f"{c['tokens_mean']:.0f}", c["hidden"],
               f"{c['over_rank_limit']}/{c['n']}", common.pm(c, "exact", 2), common.pm(c, "rouge1"),
               common.pm(c, "rouge2"), common.pm(c, "certified_share", 2), common.pm(c, "seconds", 1), c["targets"]]
              for c in stats]
-    headers = ["model", "init", "B", "kind", "n", "N tokens", "d", "N > d", "exact", "ROUGE-1", "ROUGE-2",
+    headers = ["model", "init", "E", "B", "kind", "n", "N tokens", "d", "N > d", "exact", "ROUGE-1", "ROUGE-2",
                "certified", "s / batch", "targets"]
     false_claims = sum(c["certified_past_limit"] for c in stats)
     wall = time.perf_counter() - args.started
     notes = [
-        f"Attack: `{args.method}`, Budget(iterations={args.iterations or '64 x B'}, seconds={args.time_budget:g}) per "
-        f"batch, sequence lengths {'given' if args.public_lengths else 'read from the gradient (not given)'}, seed "
-        f"{args.seed}. Cells: mean ± std over n batches (the CSV adds the 95% CI half-width); per-batch rows in "
+        f"Attack: `{args.method}`, Budget(iterations={args.iterations or '64 x E x B'}, seconds={args.time_budget:g}) "
+        f"per batch, sequence lengths {'given' if args.public_lengths else 'read from the gradient (not given)'}, seed "
+        f"{args.seed}. "
+        + (f"Each batch is a FedAvg update: E = {args.local_steps} SGD steps of B sentences at lr {args.lr:g}, "
+           f"derived from the client's weights with its rounding bound, as the curious server does. "
+           if args.local_steps > 1 else "Each batch is one FedSGD gradient at the initial weights. ") +
+        f"Cells: mean ± std over n batches (the CSV adds the 95% CI half-width); per-batch rows in "
         f"`{NAME}_batches.csv`.",
         "exact = share of the batch's sentences recovered token for token (a multiset match, no pairing); ROUGE-1/2 "
         "= F-measures averaged over the batch's sentences, each paired with a reconstruction by the ROUGE-1-maximising "
@@ -270,11 +293,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for model_name in args.models:
         model_config(model_name)  # an unknown model fails before any file is written
     tokenizer = load_tokenizer()
-    plans = [(kind, size, make_batches(kind, size, args.batches, args.data_dir, args.seed))
+    steps = args.local_steps
+    plans = [(kind, size, make_batches(kind, steps * size, args.batches, args.data_dir, args.seed))
              for size in args.batch_sizes for kind in args.kinds]  # every data error before any work
-    units = [({"model": m, "init": init, "B": size, "kind": kind, "method": args.method, "seed": args.seed,
-               "iterations_budget": args.iterations or 64 * size, "time_budget": args.time_budget,
-               "public_lengths": args.public_lengths, "batch": b, "batch_sha": batch_sha(batch)}, batch)
+    units = [({"model": m, "init": init, "E": steps, "B": size, "kind": kind, "method": args.method,
+               "seed": args.seed, "iterations_budget": args.iterations or 64 * steps * size,
+               "time_budget": args.time_budget, "public_lengths": args.public_lengths,
+               "lr": args.lr if steps > 1 else None, "batch": b, "batch_sha": batch_sha(batch)}, batch)
              for m, init in zip(args.models, args.inits) for kind, size, batches in plans
              for b, batch in enumerate(batches)]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             models[name] = build_model(name, unit["init"], num_labels=2, vocab_size=len(tokenizer), seed=args.seed)
         row = {**unit, **attack_batch(models[name], tokenizer, batch, args, unit["batch"]), "resumed": False}
         add(i, row)
-        print(f"[{NAME}] {name} B={unit['B']} {unit['kind']} batch {unit['batch'] + 1}/{args.batches}: exact "
+        print(f"[{NAME}] {name} E={unit['E']} B={unit['B']} {unit['kind']} batch {unit['batch'] + 1}/{args.batches}: exact "
               f"{row['exact']:.2f} R-1 {row['rouge1']:.3f} R-2 {row['rouge2']:.3f} certified "
               f"{row['certified_share']:.2f} N {row['tokens']} / d {row['hidden']} {row['seconds']:.1f} s",
               file=sys.stderr, flush=True)
@@ -327,6 +352,7 @@ def summary(args: argparse.Namespace, stats: list[dict[str, Any]]) -> dict[str, 
               **{f"{m}_std": num(c[f"{m}_std"]) for m in ("exact", "rouge1", "seconds")}, "targets": c["targets"]}
              for c in stats]
     return {"bench": NAME, "method": args.method, "time_budget": args.time_budget, "iterations": args.iterations,
+            "local_steps": args.local_steps, "lr": args.lr if args.local_steps > 1 else None,
             "public_lengths": args.public_lengths, "seed": args.seed, "threads": args.threads,
             "wall_seconds": round(time.perf_counter() - args.started, 1), "cells": cells}
 

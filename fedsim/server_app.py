@@ -144,7 +144,7 @@ def attack_plan(s: Settings, train_split: task.TaskData) -> AttackPlan:
         num_labels=train_split.num_labels, model_fn=partial(task.model_with, s.model, train_split.num_labels, s.vocab),
         truth=partial(ground_truth, train_split, s.vocab, s.max_length),
         clients_per_round=s.attack_clients_count(), rounds=s.attacked_rounds(), time_budget=s.attack_time_budget,
-        secagg=secagg_protocol(s) if s.secagg else None)
+        secagg=secagg_protocol(s) if s.secagg else None, max_length=s.max_length)
 
 
 def secagg_protocol(s: Settings) -> SecAggProtocol:

@@ -38,6 +38,27 @@ def test_tag_reconstructs_a_known_sentence(tiny, tokenizer):
     assert len(ids) == len(truth.token_ids[0])
 
 
+def test_the_length_of_a_noised_gradient_is_where_its_position_rows_fall_to_the_noise_floor(tiny, tokenizer):
+    """Noise makes every position row non-zero: "the last non-zero row" read the whole table (512 positions), and
+    the optimisation attacks then ran a dummy 40x too long on every noised update. Where the noise hides the
+    signal, the server's own truncation length bounds the guess."""
+    import dataclasses
+
+    from defenses.gradient import build_gradient_fn
+
+    batch = make_batch(tokenizer, [SENTENCE, "a dog barked at the moon tonight."], [0, 1])
+    true = int(batch["attention_mask"].sum(1).max())
+    noised, _ = observe(tiny, batch, tokenizer, gradient_fn=build_gradient_fn(["noise:sigma=1e-5"], generator=0),
+                        public_lengths=False)
+    table = int(tiny.config.max_position_embeddings)
+    assert table > 4 * true and all(bool((g != 0).all()) for g in noised.gradients.values())
+    assert infer_length(noised) == true
+    drowned, _ = observe(tiny, batch, tokenizer, gradient_fn=build_gradient_fn(["noise:sigma=10"], generator=0),
+                         public_lengths=False)
+    assert infer_length(drowned) == table
+    assert infer_length(dataclasses.replace(drowned, max_length=24)) == 24
+
+
 def test_tag_reads_the_length_from_the_gradient(tiny, tokenizer):
     batch = make_batch(tokenizer, [SENTENCE], [0])
     observation, truth = observe(tiny, batch, tokenizer, public_lengths=False)

@@ -218,7 +218,7 @@ def test_bench_batch_writes_tables_and_ends_with_one_json_line(tmp_path: Path, c
     assert [c["kind"] for c in cells] == list(bench_batch.KINDS) and {"exact_mean", "seconds_mean"} <= set(cells[0])
     assert len(read_csv(out / "bench_batch_batches.csv")) == 3
     md = (out / "bench_batch.md").read_text(encoding="utf-8")
-    assert "| model | init | B | kind |" in md and md.count("| tiny |") == 3
+    assert "| model | init | E | B | kind |" in md and md.count("| tiny |") == 3
     assert private(out / "raw" / "bench_batch.jsonl")
 
     def no_attack(*args, **kwargs):
@@ -230,8 +230,37 @@ def test_bench_batch_writes_tables_and_ends_with_one_json_line(tmp_path: Path, c
     assert [r["exact"] for r in again] == [r["exact"] for r in rows] and all(r["resumed"] for r in again)
 
 
+def test_bench_batch_attacks_fedavg_updates_of_e_steps(tmp_path: Path, capsys) -> None:
+    """``--local-steps 2``: each batch is a FedAvg client's update of 2 steps of B = 1 (two short CoLA sentences,
+    inside tiny's rank limit), derived as the curious server derives it; span peels the steps apart and the replay
+    certifies both sentences."""
+    import json
+
+    from experiments import bench_batch
+
+    glue = tmp_path / "glue" / "CoLA"
+    glue.mkdir(parents=True)
+    (glue / "dev.tsv").write_text("".join(f"src\t{i % 2}\t\t{t}\n" for i, t in enumerate(COLA_DEV)))
+    rows = bench_batch.main(["--models", "tiny", "--init", "uniform:0.1", "--local-steps", "2", "--lr", "1.0",
+                             "--batch-sizes", "1", "--kinds", "consecutive", "--batches", "2", "--data-dir",
+                             str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--time-budget", "30"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["local_steps"] == 2 and last["lr"] == 1.0
+    [cell] = last["cells"]
+    assert (cell["E"], cell["B"], cell["n"]) == (2, 1, 2) and cell["targets"] == "no target (FedAvg, E = 2)"
+    for row in rows:
+        assert len(row["reference"]) == 2 and not row["over_rank_limit"]
+        assert row["exact"] == 1.0 and row["certified_share"] == 1.0, row
+    md = (tmp_path / "out" / "bench_batch.md").read_text(encoding="utf-8")
+    assert "| tiny | uniform:0.1 | 2 | 1 | consecutive |" in md and "FedAvg update: E = 2" in md
+
+
 def test_bench_batch_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_batch.py"), "--kinds", "shuffled",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "shuffled" in done.stderr and "random, consecutive, template" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_batch.py"), "--local-steps", "2",
+                           "--public-lengths", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--public-lengths" in done.stderr and "--local-steps 1" in done.stderr

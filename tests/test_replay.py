@@ -28,28 +28,26 @@ def test_a_fedavg_e2_update_on_tiny_is_recovered_exactly_and_certified_by_replay
     assert sorted(record["reconstruction"]) == sorted(record["reference"])
 
 
-def _fedavg_observation(steps: int = 2, lr: float = 0.1):
-    """A tiny model, ``steps`` pii sentences, one per local step, and the update the server derives from them."""
-    import copy
-
-    from adversary.case import Observation
+def _tiny_and_pii(seed: int = 0):
     from fedsim import task
     from fedsim.core.models import build_model
     from fedsim.core.text import load_tokenizer
-    from fedsim.core.train import batch_gradients
 
     tok = load_tokenizer("bert-base-uncased")
     data = task.load_split("pii", "train", "", 0)
-    model = build_model("tiny", "uniform:0.1", num_labels=data.num_labels, vocab_size=len(tok), seed=0).eval()
+    model = build_model("tiny", "uniform:0.1", num_labels=data.num_labels, vocab_size=len(tok), seed=seed).eval()
+    return model, tok, data
+
+
+def _fedavg_observation(steps: int = 2, lr: float = 0.1):
+    """A tiny model, ``steps`` pii sentences, one per local step, and the update the server derives from them."""
+    from adversary.case import observe_fedavg
+    from fedsim import task
+
+    model, tok, data = _tiny_and_pii()
     batches = [task.batch_of(data, [i], "bert-base-uncased", 24) for i in range(steps)]
-    client = copy.deepcopy(model)
-    task.local_train(client, batches, lr, batch_gradients)
-    before, after = dict(model.named_parameters()), dict(client.named_parameters())
-    update = {n: ((before[n].double() - after[n].double()) / (lr * steps)).float().detach() for n in before}
-    observation = Observation(model=model, gradients=update, batch_size=steps, tokenizer=tok, local_steps=steps,
-                              learning_rate=lr)
-    ids = [b["input_ids"][0][b["attention_mask"][0].bool()].tolist() for b in batches]
-    return observation, ids, [int(b["labels"][0]) for b in batches]
+    observation, truth = observe_fedavg(model, batches, tok, lr)
+    return observation, truth.token_ids, truth.labels
 
 
 def test_replay_certifies_the_right_split_and_finds_it_from_a_wrong_order():
@@ -74,37 +72,20 @@ def test_replay_does_not_certify_a_wrong_sentence_or_a_fedsgd_observation():
 
 def _fedavg_batches_observation(seed: int, steps: int = 2, size: int = 2, lr: float = 1.0, max_length: int = 7):
     """A tiny model and ``steps`` local batches of ``size`` pii sentences; the update the server derives (with the
-    rounding bound the curious server publishes), the batches, and the client's weights after its first step."""
+    rounding bound it publishes), the batches, and the client's weights after its first step."""
     import copy
-    import math
 
-    import torch
-
-    from adversary.case import Observation
+    from adversary.case import observe_fedavg
     from fedsim import task
-    from fedsim.core.models import build_model
-    from fedsim.core.text import load_tokenizer
-    from fedsim.core.train import EPS32, batch_gradients, sgd_step
+    from fedsim.core.train import batch_gradients, sgd_step
 
-    tok = load_tokenizer("bert-base-uncased")
-    data = task.load_split("pii", "train", "", 0)
-    model = build_model("tiny", "uniform:0.1", num_labels=data.num_labels, vocab_size=len(tok), seed=seed).eval()
+    model, tok, data = _tiny_and_pii(seed)
     first = seed * steps * size
     batches = [task.batch_of(data, list(range(first + k * size, first + (k + 1) * size)), "bert-base-uncased",
                              max_length) for k in range(steps)]
     after_one = copy.deepcopy(model)
     sgd_step(after_one, batch_gradients(after_one, batches[0]), lr)
-    client = copy.deepcopy(model)
-    task.local_train(client, batches, lr, batch_gradients)
-    before, after = dict(model.named_parameters()), dict(client.named_parameters())
-    update = {n: ((before[n].double() - after[n].double()) / (lr * steps)).float().detach() for n in before}
-    error = {}
-    for n, g in update.items():  # as CuriousServer.rounding_error
-        w = after[n].detach().float().abs()
-        ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
-        error[n] = float(ulp.double().norm() / lr + EPS32 * g.double().norm())
-    observation = Observation(model=model, gradients=update, batch_size=steps * size, tokenizer=tok,
-                              gradient_error=error, local_steps=steps, learning_rate=lr)
+    observation, _ = observe_fedavg(model, batches, tok, lr)
     return observation, batches, after_one
 
 
@@ -154,3 +135,21 @@ def test_drift_cut_keeps_each_positions_closest_and_cuts_at_the_widest_gap():
     assert drift_cut(far)[0] == far
     even = [[(1, 0, 1e-3), (2, 0, 1.5e-3), (3, 0, 2e-3)]]  # no gap of 2x: nothing changes
     assert drift_cut(even) == (even, None, pytest.approx(1.5))
+
+
+def test_sentences_sharing_most_words_are_peeled_whatever_the_attack_seed():
+    """Two steps of one sentence each that share most words (FedAvg E = 2): many lengths look possible, and the
+    linker's random starts must go to the lengths whose descents come closest to the span. With starts spread over
+    every length, attack seed 1 found no first-step sentence within this budget (128 descents)."""
+    from adversary.case import observe_fedavg
+    from adversary.options import Budget
+    from adversary.registry import run_attack
+    from fedsim.core.text import make_batch
+
+    model, tok, _ = _tiny_and_pii()
+    texts = ["As you eat the most, you want the least.", "The more you would want, the less you would eat."]
+    observation, truth = observe_fedavg(model, [make_batch(tok, [texts[0]], [0]), make_batch(tok, [texts[1]], [1])],
+                                        tok, 1.0)
+    for seed in range(6):
+        rec = run_attack("span", observation, Budget(128, 30.0), seed)
+        assert rec.token_ids == truth.token_ids and rec.labels == truth.labels and all(rec.certified), (seed, rec.texts)

@@ -3,7 +3,8 @@
 The first FFN's input-weight gradient spans each position's attention output, a function of its whole sequence.
 Sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate descent on their mean
 distance to that span (single-position changes, then exchanges of two positions' tokens when those are stuck),
-from random starts, then from starts pinned to each (position, token). A sequence certified below sqrt(eps32)
+from random starts, then from starts pinned to each (position, token), alternating with random starts at the
+length whose descents came closest (with unknown lengths most candidate lengths are wrong ones). A sequence certified below sqrt(eps32)
 (the geometric mean of eps32 and 1) that explains a token's gradient is settled in the ledger, whose pools then
 shrink; one in the span that explains none waits (each of its tokens may be in another unsettled sequence too):
 it is tried again after each settle, and in pairs with the other waiting ones.
@@ -127,14 +128,17 @@ class Assembly:
 
 
 def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
-             budget: int, deadline: float = math.inf) -> Assembly:
+             budget: int, deadline: float = math.inf, enough: int | None = None) -> Assembly:
     """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
     lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
     (exact positions first); a sequence under sqrt(eps32) (the geometric mean of float32 precision and 1) that
     explains a token's gradient is settled in the ledger and the pools recomputed. One that explains none waits:
     its tokens may all be in other unsettled sequences (neighbouring sentences share words), so it is tried again
     after each settle, and in pairs with the other waiting ones. Unfilled slots get the best uncertified minima.
-    At most ``budget`` descents in all, none started past ``deadline`` (a ``time.perf_counter()`` value)."""
+    With unknown lengths, starts go first to every length, then alternate between pinned ones and random ones at
+    the length whose descents came closest to the span. At most ``budget`` descents in all, none started past
+    ``deadline`` (a ``time.perf_counter()`` value); ``enough``: stop once that many sequences are in the span
+    (found or waiting; FedAvg needs only its first step's, the others drifted off the span)."""
     rng = np.random.default_rng(seed)
     cert = math.sqrt(EPS32)
     left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
@@ -144,15 +148,27 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
     waiting: list[tuple[Candidate, ...]] = []  # in the span, explaining no token yet
     descents, out_of_time = 0, False
 
+    def closest_end(ends: list[int]) -> int:
+        """The length whose descents came closest to the span, among sequences not yet found or waiting."""
+        best = {e: math.inf for e in ends}
+        for q, d in minima.items():
+            if len(q) - 1 in best and q not in found and q not in waiting:
+                best[len(q) - 1] = min(best[len(q) - 1], d)
+        return min(ends, key=lambda e: (best[e], -e))
+
     def attempts(pools: list[list[Candidate]], resolved: list[bool], ends: list[int]):
+        if not ends:
+            return
         for _ in range(restarts):
             for e in ends:
                 yield e, {}
         todo = sorted((not resolved[p], -p, p, c) for p, pool in enumerate(pools) for c in pool if p > 0)
-        for *_, p, c in todo:
-            for e in ends:
-                if p < e or (p == e and c[0] == sep):
-                    yield e, {p: c}
+        pinned = ((e, {p: c}) for *_, p, c in todo for e in ends if p < e or (p == e and c[0] == sep))
+        for attempt in pinned:  # each pinned start, then a random one at the likeliest length (unknown lengths
+            yield attempt  # waste most starts on lengths no sequence has; descents there stay far from the span)
+            yield closest_end(ends), {}
+        while True:
+            yield closest_end(ends), {}
 
     def fits(group: list[tuple[Candidate, ...]]) -> bool:
         """Room in the batch (and, with public lengths, for these lengths) for ``group``."""
@@ -178,7 +194,10 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                     return list(zip(pair, ys, rows))
         return []
 
-    while len(found) < obs.batch_size and descents < budget and not out_of_time:
+    def satisfied() -> bool:
+        return enough is not None and len(found) + len(waiting) >= enough
+
+    while len(found) < obs.batch_size and descents < budget and not out_of_time and not satisfied():
         new = accept(None) if waiting and found else []  # the last settle may have freed a waiting sequence
         pools, resolved = ledger.pools()
         ends = [e for e in range(1, len(pools)) if any(t == sep for t, _ in pools[e])]
@@ -208,6 +227,8 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                 if new:
                     break
                 waiting.append(seq)
+                if satisfied():
+                    break
         if not new:
             break
         for seq, label, rows in new:

@@ -12,9 +12,8 @@ Gradient from an update (what the server can compute, given the global weights i
 * FedSGD (one plain SGD step at ``lr``): ``g = (w_global - w_client) / lr``. Exact up to the float32 rounding of
   the returned weights: ``|error| <= ulp(w) / (2 lr)`` per coordinate (about 1e-8 at ``w ~ 0.02, lr = 0.1``).
 * FedAvg (E plain SGD steps on E batches): ``(w_global - w_client) / (lr E)`` is the *mean* of the E per-step
-  gradients, each taken at weights that have already drifted by up to E-1 steps. The attack treats it as the
-  gradient of all E*B examples at ``w_global``: an approximation that is exact for E = 1 and degrades as
-  ``lr * E`` grows (the weights move between steps).
+  gradients, each taken at weights that have already drifted by up to E-1 steps. The observation says E and lr,
+  so an attack can peel the steps apart and certify by replaying them (``adversary.replay``).
 
 Under SecAgg+ (``fedsim.strategies.secagg``) the one reply of a round is the unmasked aggregate of K clients
 (its metrics say ``clients-in-aggregate``): the server attacks it as ONE batch of the K x B examples (the mean of
@@ -32,7 +31,6 @@ into the Observation.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,10 +42,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from adversary.case import Observation
+from adversary.case import Observation, derive_gradient, rounding_error
 from fedsim.attack_actor import Attacker, Job
 from fedsim.core import seeds
-from fedsim.core.train import EPS32
 from fedsim.strategies.base import TRUTH_KEY, RunInterrupted, StrategyWrapper, client_of
 from fedsim.strategies.secagg import AGGREGATE, SecAggProtocol
 
@@ -71,6 +68,7 @@ class AttackPlan:
     local_steps: int = 1  # SGD steps behind one update (FedAvg's E), each rounding the weights once
     time_budget: float | None = None  # wall-clock seconds per job (--attack-time-budget); None: unbounded
     secagg: SecAggProtocol | None = None  # the SecAgg+ parameters (--secagg): its quantisation error is public
+    max_length: int | None = None  # the clients' tokenizer truncation (--max-length): the server configured it
 
 
 class CuriousServer(StrategyWrapper):
@@ -162,9 +160,8 @@ class CuriousServer(StrategyWrapper):
 
     def derive_gradient(self, global_state: dict[str, torch.Tensor], client_state: dict[str, torch.Tensor],
                         names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """(w_global - w_client) / scale in float64, returned as float32 (module doc: exact for FedSGD)."""
-        scale = self.plan.gradient_scale
-        return {n: ((global_state[n].double() - client_state[n].double()) / scale).float() for n in names}
+        """The update as a gradient (:func:`adversary.case.derive_gradient`; module doc: exact for FedSGD)."""
+        return derive_gradient(global_state, client_state, names, self.plan.gradient_scale)
 
     def observation(self, server_round: int, reply: Message) -> Observation:
         """What the server sees for one update: the model at the global weights, the derived gradient, and the
@@ -180,7 +177,8 @@ class CuriousServer(StrategyWrapper):
                                tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
                                gradient_error=self.rounding_error(client_state, gradients),
                                local_steps=self.plan.local_steps,  # FedAvg: adversary.replay certifies by replay
-                               learning_rate=self.plan.gradient_scale / self.plan.local_steps)
+                               learning_rate=self.plan.gradient_scale / self.plan.local_steps,
+                               max_length=self.plan.max_length)
         # the aggregate: its new weights were rounded once more (global + mean update), and quantised per client
         error = self.rounding_error(client_state, gradients, steps=self.plan.local_steps + 1)
         if self.plan.secagg is not None:
@@ -189,21 +187,13 @@ class CuriousServer(StrategyWrapper):
                      for n, e in error.items()}
         return Observation(model=model, gradients=gradients, batch_size=clients * self.plan.examples_per_update,
                            tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
-                           gradient_error=error)
+                           gradient_error=error, max_length=self.plan.max_length)
 
     def rounding_error(self, client_state: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor],
                        steps: int | None = None) -> dict[str, float]:
-        """Per tensor, a bound on ||derived - true gradient||_F from float32 rounding alone: each SGD step rounds
-        the weights by at most ulp(w)/2 (ulp(w) here, for steps that cross a power of two), divided by lr, plus
-        the float32 cast of the result. Exact-recovery attacks set their thresholds from it. ``steps``: roundings
-        of the weights behind the update (default: the plan's local steps)."""
-        steps, bounds = steps or self.plan.local_steps, {}
-        for n, g in gradients.items():
-            w = client_state[n].float().abs()
-            ulp = torch.nextafter(w, torch.full_like(w, math.inf)) - w
-            bounds[n] = float(steps * ulp.double().norm() / self.plan.gradient_scale
-                              + EPS32 * g.double().norm())
-        return bounds
+        """The published bound (:func:`adversary.case.rounding_error`) for ``steps`` roundings of the weights behind
+        the update (default: the plan's local steps)."""
+        return rounding_error(client_state, gradients, self.plan.gradient_scale, steps or self.plan.local_steps)
 
     # --- the Strategy methods it changes -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
