@@ -10,9 +10,10 @@ Budget: ``budget.iterations`` bounds the linker's descents (B > 1; at most ``min
 uncertified. B = 1 runs no descent: the order is read from the positions. The reconstruction reports the descents
 run as its ``iterations`` (0 for B = 1); the subspace test, the ledger and the labels are cheap and always run.
 
-FedAvg (``local_steps`` E > 1): only the first step's B sequences lie in the span at the global weights, so the
-linker stops once it has B sequences there and :func:`peel_steps` recovers the other steps from the residual; the
-replay of all E steps is then the only certificate.
+FedAvg (``local_steps`` E > 1): only the first step's B sequences lie in the span at the global weights; the
+linker still searches its whole budget (stopping at the first B in the span lost a MiniLM update whose first two
+in-span sequences were not the first step's), :func:`peel_steps` takes the B closest and recovers the other steps
+from the residual; the replay of all E steps is then the only certificate.
 """
 
 from __future__ import annotations
@@ -193,9 +194,8 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
         deadline = budget.deadline(start)
         if obs.local_steps > 1 and not math.isinf(deadline):  # keep the last quarter for the replay that certifies
             deadline = start + 0.75 * (deadline - start)  # drifted sequences never meet the linker's own bound
-        enough = obs.batch_size // obs.local_steps if obs.local_steps > 1 else None  # peel_steps needs no more
         done = assemble(obs, ledger, linker, tok.sep_token_id, seed, options.restarts,
-                        min(most, budget.iterations), deadline, enough)
+                        min(most, budget.iterations), deadline)
         seqs, settled, descents, distances = done.sequences, done.labels, done.descents, done.distances
         info.update(rank2=span2.rank, sequence_distances=done.distances, certified_sequences=done.certified,
                     descents=descents, linker_calls=linker.calls, deadline_reached=done.out_of_time)

@@ -128,7 +128,7 @@ class Assembly:
 
 
 def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
-             budget: int, deadline: float = math.inf, enough: int | None = None) -> Assembly:
+             budget: int, deadline: float = math.inf) -> Assembly:
     """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
     lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
     (exact positions first); a sequence under sqrt(eps32) (the geometric mean of float32 precision and 1) that
@@ -137,8 +137,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
     after each settle, and in pairs with the other waiting ones. Unfilled slots get the best uncertified minima.
     With unknown lengths, starts go first to every length, then alternate between pinned ones and random ones at
     the length whose descents came closest to the span. At most ``budget`` descents in all, none started past
-    ``deadline`` (a ``time.perf_counter()`` value); ``enough``: stop once that many sequences are in the span
-    (found or waiting; FedAvg needs only its first step's, the others drifted off the span)."""
+    ``deadline`` (a ``time.perf_counter()`` value)."""
     rng = np.random.default_rng(seed)
     cert = math.sqrt(EPS32)
     left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
@@ -194,10 +193,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                     return list(zip(pair, ys, rows))
         return []
 
-    def satisfied() -> bool:
-        return enough is not None and len(found) + len(waiting) >= enough
-
-    while len(found) < obs.batch_size and descents < budget and not out_of_time and not satisfied():
+    while len(found) < obs.batch_size and descents < budget and not out_of_time:
         new = accept(None) if waiting and found else []  # the last settle may have freed a waiting sequence
         pools, resolved = ledger.pools()
         ends = [e for e in range(1, len(pools)) if any(t == sep for t, _ in pools[e])]
@@ -227,8 +223,6 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                 if new:
                     break
                 waiting.append(seq)
-                if satisfied():
-                    break
         if not new:
             break
         for seq, label, rows in new:
