@@ -3,8 +3,9 @@
     python experiments/bench_batch.py --models tinybert4 --batch-sizes 8 16 --kinds random consecutive template \
         --batches 2 --time-budget 120 --threads 1 --data-dir ../shared/glue --resume
 
-Batch kinds: ``random`` (CoLA dev sentences drawn at random by ``--seed``), ``consecutive`` (runs of B neighbouring
-CoLA dev sentences, which come from one source and share words; the runs are drawn at random, never overlapping)
+Batch kinds: ``random`` (CoLA dev sentences drawn at random by ``--seed``; ``--task sst2``: SST-2's), ``consecutive``
+(runs of B neighbouring dev sentences, which in CoLA come from one source and share words; the runs are drawn at
+random, never overlapping)
 and ``template`` (the built-in ``pii`` sentences: five templates per label, so most tokens recur across the batch).
 Each batch is one FedSGD gradient of the model at its initial weights; the attack reads the sequence lengths from
 the gradient (``--public-lengths`` gives them) under ``Budget(--iterations, --time-budget)``. With
@@ -60,6 +61,7 @@ from fedsim.results import LEDGER, Resume, RunDir, record_experiment  # noqa: E4
 NAME = "bench_batch"
 KINDS = ("random", "consecutive", "template")
 METHODS = ("span", "best")
+TASKS = ("cola", "sst2")
 DEFAULT_OUT = common.RESULTS / NAME
 CELL = ("model", "init", "E", "B", "kind")
 METRICS = ("exact", "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "tokens")
@@ -94,6 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=120.0, help="Budget.seconds per batch (default: 120)")
     p.add_argument("--public-lengths", action="store_true", help="give the attack the sequence lengths")
     p.add_argument("--data-dir", default=str(common.GLUE_DIR), help="GLUE directory (default: ../shared/glue)")
+    p.add_argument("--task", default="cola", help="GLUE task of the random and consecutive batches: cola or sst2 "
+                   "(default: cola)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -104,6 +108,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bad = [k for k in args.kinds if k not in KINDS]
     if bad:
         raise UsageError(f"unknown batch kind {bad[0]!r}; accepted: {', '.join(KINDS)}")
+    if args.task not in TASKS:
+        raise UsageError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)}")
     if args.method not in METHODS:
         raise UsageError(f"unknown --method {args.method!r}; accepted: {', '.join(METHODS)}")
     if len(args.init) not in (1, len(args.models)):
@@ -136,24 +142,24 @@ class Batch:
     labels: list[int]
 
 
-def make_batches(kind: str, size: int, count: int, data_dir: str, seed: int) -> list[Batch]:
+def make_batches(kind: str, size: int, count: int, data_dir: str, seed: int, task: str = "cola") -> list[Batch]:
     """``count`` batches of ``size`` sentences of one kind (module doc)."""
     if kind == "template":
         pii = generate_pii("dev", seed=seed, size=count * size)
         texts, labels = list(pii["text"]), [int(y) for y in pii["label"]]
         return [Batch(texts[i:i + size], labels[i:i + size]) for i in range(0, count * size, size)]
-    cola = load_task("cola", "dev", data_dir).dataset
-    texts, labels = list(cola["text"]), [int(y) for y in cola["label"]]
+    dev = load_task(task, "dev", data_dir).dataset
+    texts, labels = list(dev["text"]), [int(y) for y in dev["label"]]
     rng = np.random.default_rng(seed)
     if kind == "random":
         if count * size > len(texts):
-            raise UsageError(f"CoLA dev has {len(texts)} sentences; {count} random batches of {size} need more")
+            raise UsageError(f"{task} dev has {len(texts)} sentences; {count} random batches of {size} need more")
         order = rng.permutation(len(texts))[: count * size]
         picks = [order[i:i + size] for i in range(0, count * size, size)]
     else:  # consecutive: non-overlapping windows of the file, drawn at random
         windows = len(texts) // size
         if count > windows:
-            raise UsageError(f"CoLA dev has {len(texts)} sentences: {windows} runs of {size}, {count} asked")
+            raise UsageError(f"{task} dev has {len(texts)} sentences: {windows} runs of {size}, {count} asked")
         picks = [range(int(w) * size, (int(w) + 1) * size) for w in rng.choice(windows, size=count, replace=False)]
     return [Batch([texts[i] for i in p], [labels[i] for i in p]) for p in picks]
 
@@ -259,6 +265,7 @@ def write_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[d
         + (f"Each batch is a FedAvg update: E = {args.local_steps} SGD steps of B sentences at lr {args.lr:g}, "
            f"derived from the client's weights with its rounding bound, as the curious server does. "
            if args.local_steps > 1 else "Each batch is one FedSGD gradient at the initial weights. ") +
+        f"Random and consecutive batches: {args.task} dev sentences. " +
         f"Cells: mean ± std over n batches (the CSV adds the 95% CI half-width); per-batch rows in "
         f"`{NAME}_batches.csv`.",
         "exact = share of the batch's sentences recovered token for token (a multiset match, no pairing); ROUGE-1/2 "
@@ -294,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         model_config(model_name)  # an unknown model fails before any file is written
     tokenizer = load_tokenizer()
     steps = args.local_steps
-    plans = [(kind, size, make_batches(kind, steps * size, args.batches, args.data_dir, args.seed))
+    plans = [(kind, size, make_batches(kind, steps * size, args.batches, args.data_dir, args.seed, args.task))
              for size in args.batch_sizes for kind in args.kinds]  # every data error before any work
     units = [({"model": m, "init": init, "E": steps, "B": size, "kind": kind, "method": args.method,
                "seed": args.seed, "iterations_budget": args.iterations or 64 * steps * size,
@@ -351,7 +358,8 @@ def summary(args: argparse.Namespace, stats: list[dict[str, Any]]) -> dict[str, 
               **{m: num(c[f"{m}_mean"]) for m in METRICS if m != "tokens"},
               **{f"{m}_std": num(c[f"{m}_std"]) for m in ("exact", "rouge1", "seconds")}, "targets": c["targets"]}
              for c in stats]
-    return {"bench": NAME, "method": args.method, "time_budget": args.time_budget, "iterations": args.iterations,
+    return {"bench": NAME, "method": args.method, "task": args.task, "time_budget": args.time_budget,
+            "iterations": args.iterations,
             "local_steps": args.local_steps, "lr": args.lr if args.local_steps > 1 else None,
             "public_lengths": args.public_lengths, "seed": args.seed, "threads": args.threads,
             "wall_seconds": round(time.perf_counter() - args.started, 1), "cells": cells}

@@ -264,3 +264,7 @@ def test_bench_batch_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
                            "--public-lengths", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--public-lengths" in done.stderr and "--local-steps 1" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_batch.py"), "--task", "mnli",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "mnli" in done.stderr and "cola, sst2" in done.stderr
