@@ -13,7 +13,9 @@ may use up to ``span_share`` of it (half by default), then each optimisation att
 left (an attack that finishes early leaves its rest to the next), and each answers with the best it has at its
 deadline. The optimisation attacks start where span got to (``warm_start``, :func:`adversary.dummy.warm_spec`):
 the dummy begins at the embeddings of span's tokens (random where it has none), and the sequences span certified
-are kept fixed, so the budget goes to what span could not do.
+are kept fixed, so the budget goes to what span could not do. On a FedAvg update no single gradient reproduces
+the E drifting steps, so an uncertified winner gets the replay of the client's steps (``adversary.replay``), at
+least :data:`REPLAY_GRACE` seconds of it, past the budget if need be.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from adversary.dummy import warm_spec
 from adversary.engine import Hook
 from adversary.options import AttackOptions, Budget, choice
 from adversary.registry import get_attack, register
+from adversary.replay import certify_by_replay
 from fedsim.core.errors import UsageError
+
+REPLAY_GRACE = 10.0  # seconds a FedAvg winner's replay may take past the budget (see _certify_fedavg)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,25 @@ def _judge(observation: Observation, rec: Reconstruction, deadline: float = math
     return value
 
 
+def _certify_fedavg(observation: Observation, rec: Reconstruction, deadline: float) -> bool:
+    """A FedAvg update (E > 1 drifting steps) is reproduced by no single gradient, so an optimisation attack's
+    winner, however exact, fails :func:`passes`; the replay of the client's E steps is its only certificate (as for
+    span's answers). It gets at least :data:`REPLAY_GRACE` seconds, past the budget if need be: without it an
+    exact answer found at the deadline would be reported as a guess. Reorders ``rec`` into step order when it
+    passes."""
+    if observation.local_steps <= 1 or len(rec.token_ids) != observation.batch_size:
+        return False
+    replay = certify_by_replay(observation, rec.token_ids, rec.labels, max(deadline, time.perf_counter() + REPLAY_GRACE))
+    rec.info.update(replay.info)
+    if not replay.passed:
+        return False
+    order = [rec.token_ids.index(q) for q in replay.token_ids]
+    rec.token_ids, rec.labels, rec.texts = replay.token_ids, replay.labels, [rec.texts[i] for i in order]
+    rec.gradient_distance = replay.distance
+    rec.info["certified_by"] = "replay of the client's local SGD steps"
+    return True
+
+
 @register("best", BestOptions, certifies=True)
 def best(observation: Observation, budget: Budget, seed: int, options: BestOptions) -> Reconstruction:
     """Span if its check passes, else the lowest-distance candidate of ``options.attacks`` (module doc)."""
@@ -159,6 +183,8 @@ def best(observation: Observation, budget: Budget, seed: int, options: BestOptio
     rec.iterations = sum(r.iterations for r in recs.values())
     rec.gradient_distance = distances[winner]
     certified = passed if winner == "span" else passes(observation, rec.token_ids, distances[winner])
+    if not certified:
+        certified = _certify_fedavg(observation, rec, deadline)
     rec.certified = [certified] * len(rec.token_ids)
     rec.seconds = time.perf_counter() - start
     return rec

@@ -153,3 +153,38 @@ def test_sentences_sharing_most_words_are_peeled_whatever_the_attack_seed():
     for seed in range(6):
         rec = run_attack("span", observation, Budget(128, 30.0), seed)
         assert rec.token_ids == truth.token_ids and rec.labels == truth.labels and all(rec.certified), (seed, rec.texts)
+
+
+def test_best_certifies_an_optimisation_attacks_exact_fedavg_answer_by_replay():
+    """An exact answer that came from an optimisation attack (here: an attack that returns the client's sentences,
+    span given no descents) fails the single-gradient test on a FedAvg update, E = 2 drifting steps; best replays
+    the client's steps and certifies it. The reference frontier's round 1 returned its 4 sentences exactly and
+    reported them as a guess. A sentence short of one token is not certified."""
+    from adversary.case import Reconstruction
+    from adversary.distance import candidate_distance, passes
+    from adversary.options import Budget
+    from adversary.registry import ATTACKS, register, run_attack
+
+    observation, batches, _ = _fedavg_batches_observation(seed=1)
+    truth = [q for b in batches for q in _sequences(b)]
+    labels = [int(y) for b in batches for y in b["labels"]]
+    answers = {"exact": truth[2:] + truth[:2],  # in the wrong step order: the replay must find the split
+               "short": [q[:-2] + q[-1:] for q in truth[2:] + truth[:2]]}
+
+    def oracle(kind):
+        return lambda obs, budget, seed, options: Reconstruction([str(q) for q in answers[kind]], answers[kind],
+                                                                 labels[2:] + labels[:2])
+
+    try:
+        for kind in answers:
+            register(f"_oracle_{kind}")(oracle(kind))
+        assert not passes(observation, truth, candidate_distance(observation, truth, labels))  # no single gradient
+        options = {"attacks": ("_oracle_exact",), "span": {"max_descents": 0}}
+        rec = run_attack("best", observation, Budget(10, 30.0), 0, options)
+        assert rec.info["best_attack"] == "_oracle_exact" and all(rec.certified)
+        assert rec.token_ids == truth and rec.labels == labels and rec.texts == [str(q) for q in truth]
+        rec = run_attack("best", observation, Budget(10, 30.0), 0, {**options, "attacks": ("_oracle_short",)})
+        assert rec.info["best_attack"] == "_oracle_short" and not any(rec.certified)
+    finally:
+        for kind in answers:
+            ATTACKS.pop(f"_oracle_{kind}", None)
