@@ -136,7 +136,8 @@ def _certify_fedavg(observation: Observation, rec: Reconstruction, deadline: flo
     passes."""
     if observation.local_steps <= 1 or len(rec.token_ids) != observation.batch_size:
         return False
-    replay = certify_by_replay(observation, rec.token_ids, rec.labels, max(deadline, time.perf_counter() + REPLAY_GRACE))
+    grace = max(deadline, time.perf_counter() + REPLAY_GRACE)
+    replay = certify_by_replay(observation, rec.token_ids, rec.labels, grace)
     rec.info.update(replay.info)
     if not replay.passed:
         return False

@@ -4,10 +4,10 @@ The first FFN's input-weight gradient spans each position's attention output, a 
 Sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate descent on their mean
 distance to that span (single-position changes, then exchanges of two positions' tokens when those are stuck),
 from random starts, then from starts pinned to each (position, token), alternating with random starts at the
-length whose descents came closest (with unknown lengths most candidate lengths are wrong ones). A sequence certified below sqrt(eps32)
-(the geometric mean of eps32 and 1) that explains a token's gradient is settled in the ledger, whose pools then
-shrink; one in the span that explains none waits (each of its tokens may be in another unsettled sequence too):
-it is tried again after each settle, and in pairs with the other waiting ones.
+length whose descents came closest (with unknown lengths most candidate lengths are wrong ones). A sequence
+certified below sqrt(eps32) (the geometric mean of eps32 and 1) that explains a token's gradient is settled in the
+ledger, whose pools then shrink; one in the span that explains none waits (each of its tokens may be in another
+unsettled sequence too): it is tried again after each settle, and in pairs with the other waiting ones.
 """
 
 from __future__ import annotations
