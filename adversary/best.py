@@ -134,7 +134,8 @@ def _certify_fedavg(observation: Observation, rec: Reconstruction, deadline: flo
     span's answers). It gets at least :data:`REPLAY_GRACE` seconds, past the budget if need be: without it an
     exact answer found at the deadline would be reported as a guess. Reorders ``rec`` into step order when it
     passes."""
-    if observation.local_steps <= 1 or len(rec.token_ids) != observation.batch_size:
+    if observation.local_steps <= 1 or len(rec.token_ids) != observation.batch_size \
+            or rec.info.get("replay_search_complete"):  # span already replayed these tokens to the end
         return False
     grace = max(deadline, time.perf_counter() + REPLAY_GRACE)
     replay = certify_by_replay(observation, rec.token_ids, rec.labels, grace)
