@@ -263,7 +263,7 @@ def infer_length(observation: Observation) -> int:
     for name, grad in observation.gradients.items():
         if name.endswith("position_embeddings.weight"):
             norms = grad.detach().double().norm(dim=1)
-            used = (norms > 0).nonzero().flatten()
+            used = observation.live_rows(name)
             if len(used) == len(norms) > 2:
                 found = noise_floor_length(norms)
                 return min(found, observation.max_length or found)

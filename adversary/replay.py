@@ -16,7 +16,6 @@ closer (a wrong label on the right split can look worse than the right labels on
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
 import time
@@ -27,7 +26,7 @@ import torch
 
 from adversary.case import Observation
 from adversary.distance import candidate_batch, reproduction_tolerance
-from fedsim.core.train import EPS32, batch_gradients, sgd_step
+from fedsim.core.train import batch_gradients, sgd_step
 
 
 @dataclass
@@ -134,28 +133,3 @@ def certify_by_replay(observation: Observation, token_ids: Sequence[Sequence[int
                         info={"replay_distance": distance, "replay_tolerance": tolerance, "replays": replays,
                               "replay_search_complete": not cut,
                               "replay_seconds": time.perf_counter() - started})
-
-
-def peel_first_step(observation: Observation, token_ids: Sequence[Sequence[int]],
-                    labels: Sequence[int]) -> Observation:
-    """What is left of a FedAvg update once its first local step is known: the steps 2..E, as an observation.
-
-    U = (g_1(w_0) + ... + g_E(w_{E-1})) / E, and the server can compute g_1 exactly from the first batch (the B
-    sequences the attack recovered at the global weights w_0: they are the ones that sit in w_0's spans without
-    drift). Then (E U - g_1) / (E - 1) is the mean of the later steps' gradients, taken from w_1 = w_0 - lr g_1:
-    an ordinary gradient of B sequences at w_1 when E = 2 (no drift left to fight), else a FedAvg update of E - 1
-    steps, peeled the same way. Its error bound: the update's, scaled by E / (E - 1), plus g_1's float32 rounding."""
-    steps, lr = observation.local_steps, observation.learning_rate
-    model = copy.deepcopy(observation.model)
-    first = batch_gradients(model, candidate_batch(observation, token_ids, labels))
-    rest = {n: ((steps * g.double() - first[n].double()) / (steps - 1)).float()
-            for n, g in observation.gradients.items()}
-    sgd_step(model, first, lr)
-    error = None
-    if observation.gradient_error is not None:
-        error = {n: (steps * e + EPS32 * float(first[n].double().norm())) / (steps - 1)
-                 for n, e in observation.gradient_error.items()}
-    return dataclasses.replace(observation, model=model.eval(), gradients=rest,
-                               batch_size=observation.batch_size - len(token_ids), seq_lengths=None,
-                               segment_ids=None, gradient_error=error, local_steps=steps - 1,
-                               learning_rate=lr if steps > 2 else None)

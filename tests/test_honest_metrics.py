@@ -115,11 +115,11 @@ def test_span_does_not_certify_junk_under_tiny_noise(tiny, tokenizer):
     observation, truth = observe(tiny, make_batch(tokenizer, [text], [1]), tokenizer,
                                  gradient_fn=build_gradient_fn(["noise:sigma=1e-9"], generator=0),
                                  public_lengths=False)
-    span = run_attack("span", observation, Budget(2), seed=0)
+    span = run_attack("span", observation, Budget(2, 5.0), seed=0)  # the membership test stops at 5 s
     exact, _ = reproduces(observation, span.token_ids, span.labels)
     assert len(span.token_ids[0]) > 2 * len(truth.token_ids[0])  # the junk is still read...
     assert not exact and not span.info["span_check_passed"] and span.certified == [False]  # ...never certified
-    best = run_attack("best", observation, Budget(5), seed=0, options={"attacks": ("lamp",)})
+    best = run_attack("best", observation, Budget(5, 20.0), seed=0, options={"attacks": ("lamp",)})
     assert best.info["best_attack"] != "span" or exact  # the yardstick chose, not span's check
     assert "lamp" in best.info["candidate_distances"]
     assert reproduces(observation, truth.token_ids, truth.labels)[0]  # the truth would have been certified

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedsim.core.errors import UsageError
-from fedsim.core.models import ZOO, build_model, model_config, parse_init
+from fedsim.core.models import build_model, model_config, parse_init
 from fedsim.core.text import decode, load_tokenizer, make_batch
 
 TABLE_I = {  # layers, hidden, heads, ffn: the TAG paper's Table I plus the test model

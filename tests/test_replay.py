@@ -94,7 +94,7 @@ def _sequences(batch):
 
 
 def test_peeling_the_first_step_leaves_the_second_steps_gradient_at_the_drifted_weights():
-    from adversary.replay import peel_first_step
+    from adversary.peel import peel_first_step
     from fedsim.core.train import batch_gradients
 
     observation, batches, after_one = _fedavg_batches_observation(seed=0)
@@ -150,7 +150,7 @@ def test_sentences_sharing_most_words_are_peeled_whatever_the_attack_seed():
     texts = ["As you eat the most, you want the least.", "The more you would want, the less you would eat."]
     observation, truth = observe_fedavg(model, [make_batch(tok, [texts[0]], [0]), make_batch(tok, [texts[1]], [1])],
                                         tok, 1.0)
-    for seed in range(6):
+    for seed in range(4):
         rec = run_attack("span", observation, Budget(128, 30.0), seed)
         assert rec.token_ids == truth.token_ids and rec.labels == truth.labels and all(rec.certified), (seed, rec.texts)
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 
 from adversary.case import Observation, Reconstruction
-from adversary.distance import candidate_batch, reproduces
+from adversary.distance import candidate_batch, candidate_distance, reproduces
 from adversary.labels import classifier_bias_name, recover_labels
 from adversary.options import AttackOptions, Budget
 from adversary.registry import register
-from adversary.replay import certify_by_replay, peel_first_step
+from adversary.peel import peel_first_step, peel_sequences
+from adversary.replay import certify_by_replay
 from adversary.span.ledger import Ledger
 from adversary.span.linker import Linker, assemble
 from adversary.span.subspace import (MAX_MEMBERS, LayerInputs, Span, attention_grads, attention_names, drift_cut,
@@ -38,6 +39,7 @@ from adversary.span.subspace import (MAX_MEMBERS, LayerInputs, Span, attention_g
 from adversary.token_set import token_set, word_embedding_name
 
 MEMBER_CHUNK = 1024  # tokens per membership test when there is a deadline: it is checked between chunks
+PEEL_PATIENCE = 32  # linker descents in a row without a new sequence, after a first one, before peeling (B > 1)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def peel_steps(obs: Observation, token_ids: list[list[int]], labels: list[int], 
 
     The linker finds the first step's B sequences best (they have no drift: the smallest linker distances; under
     a large drift :func:`~adversary.span.subspace.drift_cut` keeps only their tokens, and they are all it finds). With
-    them and their labels the server removes the first step (:func:`adversary.replay.peel_first_step`) and runs
+    them and their labels the server removes the first step (:func:`adversary.peel.peel_first_step`) and runs
     `span` on what is left: a plain gradient at w_1 when E = 2, else E - 1 steps, peeled again. Label sets are
     tried from the attack's own, one flip at a time, then the rest, until the rest certifies or the time is up."""
     size = obs.batch_size // obs.local_steps
@@ -128,6 +130,40 @@ def peel_steps(obs: Observation, token_ids: list[list[int]], labels: list[int], 
     return None
 
 
+def closer(obs: Observation, peeled: tuple[list[list[tuple[int, int]]], list[int]],
+           seqs: list[list[tuple[int, int]]], settled: list[int]) -> bool:
+    """Whether the batch completed by peeling is closer to the observed gradient (the yardstick) than the linker's
+    own (its certified sequences and best uncertified minima, with the labels the model predicts for those)."""
+    if len(seqs) != obs.batch_size or not all(seqs):
+        return True
+    ids = [[t for t, _ in q] for q in seqs]
+    segments = [[s for _, s in q] for q in seqs]
+    labels = batch_labels(obs, candidate_batch(obs, ids, segments=segments))
+    labels[: len(settled)] = settled
+    mine = candidate_distance(obs, ids, labels, segments)
+    theirs = candidate_distance(obs, [[t for t, _ in q] for q in peeled[0]], peeled[1], [[s for _, s in q]
+                                                                                       for q in peeled[0]])
+    return theirs <= mine
+
+
+def peel_found(obs: Observation, found: list[list[tuple[int, int]]], labels: list[int], budget: Budget, start: float,
+               seed: int, options: SpanOptions, descents: int
+               ) -> tuple[tuple[list[list[tuple[int, int]]], list[int]] | None, int]:
+    """One step, B > 1, the linker certified only some sequences: the rest of the batch, by `span` on the gradient
+    left once those are taken off (:func:`adversary.peel.peel_sequences`), with the descents and time left:
+    (the whole batch and its labels, or None when nothing was found or nothing is left; the rest's descents)."""
+    deadline = budget.deadline(start)
+    if time.perf_counter() > deadline or descents >= budget.iterations:
+        return None, 0
+    rest_obs = peel_sequences(obs, [[t for t, _ in q] for q in found], labels, [[s for _, s in q] for q in found])
+    rest = span_attack(rest_obs, budget.remaining(deadline, budget.iterations - descents), seed, options)
+    if len(rest.token_ids) != rest_obs.batch_size or not all(rest.token_ids):
+        return None, rest.iterations
+    segments = rest.info.get("segment_ids") or [[0] * len(q) for q in rest.token_ids]
+    return (found + [list(zip(q, s)) for q, s in zip(rest.token_ids, segments)],
+            labels + list(rest.labels)), rest.iterations
+
+
 @register("span", SpanOptions, certifies=True)
 def span_attack(observation: Observation, budget: Budget, seed: int, options: SpanOptions) -> Reconstruction:
     """DAGER-style exact recovery (package doc; budget: module doc)."""
@@ -138,7 +174,7 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
     grads1 = attention_grads(obs, 0)
     if grads1 is None:
         raise ValueError("span needs the first attention layer's query/key/value weight gradients")
-    span1 = gradient_span(grads1, error=obs.error_of(attention_names(obs, 0)))
+    span1 = gradient_span(grads1, error=obs.search_error_of(attention_names(obs, 0)))
     info.update(rank=span1.rank, span_tol=span1.tol, singular_drop=float(span1.singular[span1.rank] /
                 span1.singular[span1.rank - 1]) if span1.rank < span1.singular.numel() else 1.0)
     empty = Reconstruction(texts=[""] * obs.batch_size, token_ids=[[] for _ in range(obs.batch_size)],
@@ -188,19 +224,29 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
             info.update(span_check_passed=False, reason="no first-FFN gradient, or a position without candidates")
             empty.seconds = time.perf_counter() - start
             return empty
-        span2 = linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools), obs.error_of([ffn_in]))
+        span2 = linker_span(obs.gradients[ffn_in], obs.batch_size * len(pools), obs.search_error_of([ffn_in]))
         linker = Linker(obs, span2, ledger.superset)
         most = options.max_descents if options.max_descents is not None else 64 * obs.batch_size
         deadline = budget.deadline(start)
         if obs.local_steps > 1 and not math.isinf(deadline):  # keep the last quarter for the replay that certifies
             deadline = start + 0.75 * (deadline - start)  # drifted sequences never meet the linker's own bound
+        patience = PEEL_PATIENCE if obs.local_steps == 1 else None  # then peel_found searches the rest alone
         done = assemble(obs, ledger, linker, tok.sep_token_id, seed, options.restarts,
-                        min(most, budget.iterations), deadline)
+                        min(most, budget.iterations), deadline, patience)
         seqs, settled, descents, distances = done.sequences, done.labels, done.descents, done.distances
         info.update(rank2=span2.rank, sequence_distances=done.distances, certified_sequences=done.certified,
                     descents=descents, linker_calls=linker.calls, deadline_reached=done.out_of_time)
+        if 0 < done.certified < obs.batch_size and obs.local_steps == 1:
+            peeled, spent = peel_found(obs, seqs[:done.certified], list(settled), budget, start, seed, options,
+                                       descents)
+            descents += spent
+            info["descents"] = descents
+            if peeled is not None and closer(obs, peeled, seqs, settled):
+                seqs, settled = peeled
+                info["peeled_sequences"] = done.certified
         ok = len(seqs) == obs.batch_size  # certified below by the reproduction test, the only judge (module doc)
     token_ids = [[t for t, _ in q] for q in seqs]
+    token_ids += [[] for _ in range(obs.batch_size - len(token_ids))]  # nothing linked: B empty answers, not none
     batch = candidate_batch(obs, token_ids, segments=[[s for _, s in q] for q in seqs]) \
         if seqs and all(seqs) else None
     labels = batch_labels(obs, batch) if batch is not None else list(empty.labels)
@@ -223,6 +269,7 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
     else:
         ok = False
     info["span_check_passed"] = bool(ok)
+    info["segment_ids"] = [[s for _, s in q] for q in seqs] if len(seqs) == len(token_ids) else None
     texts = [tok.decode(q, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for q in token_ids]
     return Reconstruction(texts=texts, token_ids=token_ids, labels=labels, iterations=descents,
                           seconds=time.perf_counter() - start, gradient_distance=gdist, info=info,

@@ -98,6 +98,11 @@ class Ledger:
                         del remaining[t]
         out = [sorted(assigned[p] | ({(t, s) for t, s in self.superset[p] if t in remaining} if open_[p] else set()))
                for p in range(n)]
+        # A FedAvg update sums word rows taken at drifting weights, so the orthogonality test is only near-exact
+        # there and can hand a position's tokens elsewhere: such a position falls back to its members, unresolved.
+        emptied = [p for p in range(n) if not out[p] and self.superset[p]]
+        for p in emptied:
+            out[p], open_[p] = list(self.superset[p]), True
         return out, [not o for o in open_]
 
     def _grads(self, seq: list[Candidate]) -> tuple[int, torch.Tensor]:

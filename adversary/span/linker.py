@@ -128,7 +128,7 @@ class Assembly:
 
 
 def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: int, restarts: int,
-             budget: int, deadline: float = math.inf) -> Assembly:
+             budget: int, deadline: float = math.inf, patience: int | None = None) -> Assembly:
     """Certified sequences one at a time: for each length (a position whose pool holds [SEP]; or the public
     lengths), descents from random starts, then from starts pinned to each (position, token) of the current pools
     (exact positions first); a sequence under sqrt(eps32) (the geometric mean of float32 precision and 1) that
@@ -137,7 +137,8 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
     after each settle, and in pairs with the other waiting ones. Unfilled slots get the best uncertified minima.
     With unknown lengths, starts go first to every length, then alternate between pinned ones and random ones at
     the length whose descents came closest to the span. At most ``budget`` descents in all, none started past
-    ``deadline`` (a ``time.perf_counter()`` value)."""
+    ``deadline`` (a ``time.perf_counter()`` value); with ``patience``, none once that many in a row settled nothing
+    after a first sequence was settled (the caller peels what was found off the gradient and searches the rest)."""
     rng = np.random.default_rng(seed)
     cert = math.sqrt(EPS32)
     left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
@@ -145,7 +146,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
     labels: list[int] = []
     minima: dict[tuple[Candidate, ...], float] = {}
     waiting: list[tuple[Candidate, ...]] = []  # in the span, explaining no token yet
-    descents, out_of_time = 0, False
+    descents, out_of_time, last_settle = 0, False, 0
 
     def closest_end(ends: list[int]) -> int:
         """The length whose descents came closest to the span, among sequences not yet found or waiting."""
@@ -208,7 +209,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
             if all(sub):
                 subs[e] = sub
         for e, pinned in [] if new else attempts(pools, resolved, list(subs)):
-            if descents >= budget:
+            if descents >= budget or (patience is not None and found and descents - last_settle >= patience):
                 break
             if time.perf_counter() > deadline:
                 out_of_time = True
@@ -225,6 +226,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
                 waiting.append(seq)
         if not new:
             break
+        last_settle = descents
         for seq, label, rows in new:
             found.append(seq)
             labels.append(label)

@@ -126,9 +126,9 @@ def attention_grads(obs: Observation, layer: int) -> list[torch.Tensor] | None:
 
 
 def nonzero_rows(obs: Observation, param: torch.nn.Parameter) -> list[int] | None:
-    """Rows of a parameter's observed gradient that are not zero (None without its gradient)."""
-    grad = obs.gradients.get(param_name(obs.model, param))
-    return None if grad is None else torch.nonzero(grad.detach().norm(dim=1) > 0).squeeze(1).tolist()
+    """Rows of a parameter's observed gradient that are not zero, to its error (None without its gradient)."""
+    name = param_name(obs.model, param)
+    return obs.live_rows(name).tolist() if name in obs.gradients else None
 
 
 MAX_MEMBERS = 256  # per position: more means the span holds (nearly) everything; only the closest are kept

@@ -42,7 +42,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from adversary.case import Observation, derive_gradient, rounding_error
+from adversary.case import Observation, derive_gradient, rounding_error, typical_rounding_error
 from fedsim.attack_actor import Attacker, Job
 from fedsim.core import seeds
 from fedsim.strategies.base import TRUTH_KEY, RunInterrupted, StrategyWrapper, client_of
@@ -176,6 +176,8 @@ class CuriousServer(StrategyWrapper):
             return Observation(model=model, gradients=gradients, batch_size=self.plan.examples_per_update,
                                tokenizer=self.plan.tokenizer, seq_lengths=None, num_labels=self.plan.num_labels,
                                gradient_error=self.rounding_error(client_state, gradients),
+                               typical_error=typical_rounding_error(client_state, gradients, self.plan.gradient_scale,
+                                                                    self.plan.local_steps),
                                local_steps=self.plan.local_steps,  # FedAvg: adversary.replay certifies by replay
                                learning_rate=self.plan.gradient_scale / self.plan.local_steps,
                                max_length=self.plan.max_length)
