@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedsim.core.plots import pyplot
-from fedsim.results import FILES, RunDir, without_text
+from fedsim.results import FILES, RunDir, code_version, without_text
 from fedsim.settings import Settings, command_flags
 
 LEAK_KEYS = ("rouge1", "rouge2", "rougeL", "recover_rate", "token_accuracy", "label_correct")
@@ -34,6 +34,7 @@ class Recorder:
         self.files.clear()  # a new run replaces an old one in the same directory
         self.echo = echo or (lambda line: print(line, flush=True))
         self.started = time.perf_counter()
+        self.code = code_version()  # the commit this run came from (runs resumed across commits differ)
         self.initial: dict[str, float] | None = None
         self.rounds: list[dict[str, Any]] = []
         self.leaks: list[dict[str, Any]] = []
@@ -122,6 +123,7 @@ class Recorder:
             "mean_round_seconds": _mean([r["seconds"] for r in self.rounds]),
             "wall_seconds": time.perf_counter() - self.started,
             "out": str(self.out),
+            "code": self.code,
             "settings": self.settings.to_run_config(),
         })
 

@@ -347,3 +347,26 @@ class Resume:
     def take(self, wanted: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
         """The earlier unit that is the same as ``wanted``, else None."""
         return self.keep([wanted], names).get(0)
+
+
+def code_version() -> str | None:
+    """The fedleak source a run came from: the git commit of its checkout (``+dirty`` with uncommitted changes),
+    or the installed version outside a checkout. Runs of a long experiment made in parts (``--resume``) may come
+    from different commits; each run's summary says which."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                    "--", "fedsim", "adversary", "defenses"], capture_output=True, text=True,
+                                   timeout=10).stdout.strip()
+            return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from fedsim import __version__
+
+    return f"fedleak {__version__}"
+

@@ -25,6 +25,8 @@ def test_quick_reference_frontier_writes_the_table_verdict_and_command(tmp_path,
         scores = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
         assert [s.get("rouge1") for s in scores] == [r.get("rouge1") for r in leaks] and scores
         assert not any("reference" in s or "reconstruction" in s for s in scores)
+        code = json.loads((run / "summary.json").read_text())["code"]  # which source made it (runs span commits)
+        assert code and (code.startswith("fedleak ") or len(code.split("+")[0]) >= 7)
     again = reference_frontier.main(["--quick", "--seeds", "1", "--jobs", "1", "--out", str(out), "--resume"])
     assert again["reused"] == 2 and [r["rouge1_mean"] for r in again["rows"]] == [
         r["rouge1_mean"] for r in result["rows"]]
