@@ -23,6 +23,10 @@ import pytest
 from fedsim.attack_actor import auto_actors, resolve_gpus
 from fedsim.core.errors import UsageError
 
+# With ``pytest -n 2 --dist loadgroup`` (README): everything that starts Ray or Flower's SuperLink runs on one worker,
+# one at a time; the light tests run on the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 BIN = Path(sys.executable).parent
 
 

@@ -26,6 +26,10 @@ from fedsim.deploy.processes import Processes
 from fedsim.deploy.run import LocalDeployment, run_config_toml
 from fedsim.settings import Settings
 
+# With ``pytest -n 2 --dist loadgroup`` (README): everything that starts Ray or Flower's SuperLink runs on one worker,
+# one at a time; the light tests run on the other.
+pytestmark = pytest.mark.xdist_group("ray")
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

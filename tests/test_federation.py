@@ -358,6 +358,7 @@ def test_client_reply_carries_examples_loss_and_truth_only_when_asked(tmp_path):
     assert "truth" not in reply.content  # plain FedAvg never asks for the scoring channel
 
 
+@pytest.mark.xdist_group("ray")  # with -n 2 (README): on the worker that runs every Ray test, one at a time
 def test_simulation_on_ray_end_to_end(tmp_path):
     """The real thing: Flower's Ray simulation, 2 clients, 2 rounds, tiny model, TAG in a Ray actor."""
     from fedsim import simulate
