@@ -16,10 +16,12 @@ when those are stuck), from random starts, then from starts pinned to each (posi
 A certified sequence is settled: its own embedding gradient (exact, the batch loss being a mean of per-sequence
 losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
 a sequence in the span that explains no token's gradient waits (neighbouring sentences can share all their
-words): it is tried again after each settle, and in pairs with the other waiting ones.
+words): it is tried again after each settle, and in pairs with the other waiting ones. When the linker stalls
+with some sequences certified, their whole gradient is taken off and the rest searched alone (:mod:`adversary.peel`).
 
 Thresholds come from the gradients and float32 precision: rank at the largest singular-value drop that lands at
-rounding level (eps32 * ||G||_F); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality
+rounding level (eps32 * ||G||_F, plus the error a search expects of a derived gradient,
+:meth:`~adversary.case.Observation.search_error_of`); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality
 below a few ulps (|cos| <= 4 * eps32); a residual is zero below sqrt(eps32) of its parts, and a sequence certified
 below sqrt(eps32) (the geometric mean of eps32 and 1); a B > 1 batch passes only when its gradient matches the
 observed one (1 - cos < eps32). Noise makes the gradient full rank, so the check fails instead of returning

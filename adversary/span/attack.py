@@ -14,6 +14,10 @@ FedAvg (``local_steps`` E > 1): only the first step's B sequences lie in the spa
 linker still searches its whole budget (stopping at the first B in the span lost a MiniLM update whose first two
 in-span sequences were not the first step's), :func:`peel_steps` takes the B closest and recovers the other steps
 from the residual; the replay of all E steps is then the only certificate.
+
+Peeling (one step, B > 1): once the linker has certified some sequences and gone :data:`PEEL_PATIENCE` descents
+without another, :func:`peel_found` takes them off the gradient (:func:`adversary.peel.peel_sequences`) and runs
+`span` on the rest alone, where a weak sentence's tokens no longer drown among mixtures of a strong one's.
 """
 
 from __future__ import annotations
