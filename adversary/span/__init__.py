@@ -21,10 +21,10 @@ with some sequences certified, their whole gradient is taken off and the rest se
 
 Thresholds come from the gradients and float32 precision: rank at the largest singular-value drop that lands at
 rounding level (eps32 * ||G||_F, plus the error a search expects of a derived gradient,
-:meth:`~adversary.case.Observation.search_error_of`); membership below the subspace perturbation bound s[r]/s[r-1]; orthogonality
-below a few ulps (|cos| <= 4 * eps32); a residual is zero below sqrt(eps32) of its parts, and a sequence certified
-below sqrt(eps32) (the geometric mean of eps32 and 1); a B > 1 batch passes only when its gradient matches the
-observed one (1 - cos < eps32). Noise makes the gradient full rank, so the check fails instead of returning
+:meth:`~adversary.case.Observation.search_error_of`); membership below the subspace perturbation bound
+s[r]/s[r-1]; orthogonality below a few ulps (|cos| <= 4 * eps32); a residual is zero below sqrt(eps32) of its
+parts, and a sequence certified below sqrt(eps32) (the geometric mean of eps32 and 1); a B > 1 batch passes only
+when its gradient matches the observed one (1 - cos < eps32). Noise makes the gradient full rank, so the check fails instead of returning
 confident garbage.
 
 Parts, each its own module: :mod:`~adversary.span.subspace` (spans and membership),
