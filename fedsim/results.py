@@ -349,17 +349,17 @@ class Resume:
         return self.keep([wanted], names).get(0)
 
 
-def code_version() -> str | None:
+def code_version() -> str:
     """The fedleak source a run came from: the git commit of its checkout (``+dirty`` with uncommitted changes),
     or the installed version outside a checkout. Runs of a long experiment made in parts (``--resume``) may come
     from different commits; each run's summary says which."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    try:
+    try:  # only the checkout's own .git: an installed copy may sit inside some other repository (a venv in it)
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10)
-        if commit.returncode == 0:
+        if commit.returncode == 0 and (root / ".git").exists():
             dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
                                     "--", "fedsim", "adversary", "defenses"], capture_output=True, text=True,
                                    timeout=10).stdout.strip()
@@ -369,4 +369,3 @@ def code_version() -> str | None:
     from fedsim import __version__
 
     return f"fedleak {__version__}"
-
