@@ -125,16 +125,21 @@ def test_a_fedavg_e2_b2_update_on_tiny_is_recovered_exactly_and_certified(seed):
     assert sorted(zip(map(tuple, rec.token_ids), rec.labels)) == sorted(zip(map(tuple, truth), labels))
 
 
-def test_drift_cut_keeps_each_positions_closest_and_cuts_at_the_widest_gap():
-    from adversary.span.subspace import drift_cut
+def test_drift_cut_keeps_each_positions_closest_and_cuts_at_a_gap_below_its_ceiling():
+    from adversary.span.subspace import DRIFT_CEILING, drift_cut
 
-    found = [[(1, 0, 1e-5)], [(2, 0, 2e-4), (3, 0, 1e-3), (4, 0, 3e-2)], [(5, 0, 8e-4), (6, 0, 5e-2)]]
+    found = [[(1, 0, 1e-3)], [(2, 0, 5e-4), (3, 0, 1.2e-3), (4, 0, 4e-3), (5, 0, 0.3)]]
     kept, cut, gap = drift_cut(found)
-    assert [[t for t, _, _ in row] for row in kept] == [[1], [2, 3], [5]] and 1e-3 < cut < 3e-2 and gap == 30
+    assert [[t for t, _, _ in row] for row in kept] == [[1], [2, 3]] and 1.2e-3 < cut < 4e-3
+    assert gap == pytest.approx(4e-3 / 1.2e-3)
     far = [[(1, 0, 0.04)], [(2, 0, 1e-4), (3, 0, 1e-3)]]  # the first position's only member is never dropped
     assert drift_cut(far)[0] == far
-    even = [[(1, 0, 1e-3), (2, 0, 1.5e-3), (3, 0, 2e-3)]]  # no gap of 2x: nothing changes
-    assert drift_cut(even) == (even, None, pytest.approx(1.5))
+    # A [CLS]-like position whose wrong candidates sit far above everything (0.09 -> 0.37 is the widest gap) does
+    # not set the cut: without a 2x gap below the ceiling, it is the ceiling.
+    cls = [[(1, 0, 1e-3), (9, 0, 0.37)], [(2, 0, 1e-3), (3, 0, 1.5e-3), (4, 0, 0.09)]]
+    kept, cut, gap = drift_cut(cls)
+    assert [[t for t, _, _ in row] for row in kept] == [[1], [2, 3]]
+    assert cut == pytest.approx(DRIFT_CEILING * 1e-3) and gap == pytest.approx(1.5)
 
 
 def test_sentences_sharing_most_words_are_peeled_whatever_the_attack_seed():

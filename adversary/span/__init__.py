@@ -23,7 +23,8 @@ Thresholds come from the gradients and float32 precision: rank at the largest si
 rounding level (eps32 * ||G||_F, plus the error a search expects of a derived gradient,
 :meth:`~adversary.case.Observation.search_error_of`); membership below the subspace perturbation bound
 s[r]/s[r-1]; orthogonality below a few ulps (|cos| <= 4 * eps32); a residual is zero below sqrt(eps32) of its
-parts, and a sequence certified below sqrt(eps32) (the geometric mean of eps32 and 1); a B > 1 batch passes only
+parts, and a sequence settled below sqrt(eps32) (the geometric mean of eps32 and 1; on a derived gradient, also
+when isolated from its single-token changes); a B > 1 batch passes only
 when its gradient matches the observed one (1 - cos < eps32). Noise makes the gradient full rank, so the check fails instead of returning
 confident garbage.
 

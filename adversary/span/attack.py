@@ -151,16 +151,17 @@ def closer(obs: Observation, peeled: tuple[list[list[tuple[int, int]]], list[int
 
 
 def peel_found(obs: Observation, found: list[list[tuple[int, int]]], labels: list[int], budget: Budget, start: float,
-               seed: int, options: SpanOptions, descents: int
+               seed: int, options: SpanOptions, descents: int, limit: int
                ) -> tuple[tuple[list[list[tuple[int, int]]], list[int]] | None, int]:
     """One step, B > 1, the linker certified only some sequences: the rest of the batch, by `span` on the gradient
-    left once those are taken off (:func:`adversary.peel.peel_sequences`), with the descents and time left:
-    (the whole batch and its labels, or None when nothing was found or nothing is left; the rest's descents)."""
+    left once those are taken off (:func:`adversary.peel.peel_sequences`), with the time and the descents left of
+    ``limit``: (the whole batch and its labels, or None when nothing was found or nothing is left; the rest's
+    descents)."""
     deadline = budget.deadline(start)
-    if time.perf_counter() > deadline or descents >= budget.iterations:
+    if time.perf_counter() > deadline or descents >= limit:
         return None, 0
     rest_obs = peel_sequences(obs, [[t for t, _ in q] for q in found], labels, [[s for _, s in q] for q in found])
-    rest = span_attack(rest_obs, budget.remaining(deadline, budget.iterations - descents), seed, options)
+    rest = span_attack(rest_obs, budget.remaining(deadline, limit - descents), seed, options)
     if len(rest.token_ids) != rest_obs.batch_size or not all(rest.token_ids):
         return None, rest.iterations
     segments = rest.info.get("segment_ids") or [[0] * len(q) for q in rest.token_ids]
@@ -234,15 +235,17 @@ def span_attack(observation: Observation, budget: Budget, seed: int, options: Sp
         deadline = budget.deadline(start)
         if obs.local_steps > 1 and not math.isinf(deadline):  # keep the last quarter for the replay that certifies
             deadline = start + 0.75 * (deadline - start)  # drifted sequences never meet the linker's own bound
-        patience = PEEL_PATIENCE if obs.local_steps == 1 else None  # then peel_found searches the rest alone
-        done = assemble(obs, ledger, linker, tok.sep_token_id, seed, options.restarts,
-                        min(most, budget.iterations), deadline, patience)
+        # Stalled, peel_found (one step) or peel_steps (FedAvg, once the first step's B may be in) finds the rest.
+        first = 1 if obs.local_steps == 1 else obs.batch_size // obs.local_steps
+        limit = min(most, budget.iterations)
+        done = assemble(obs, ledger, linker, tok.sep_token_id, seed, options.restarts, limit, deadline,
+                        PEEL_PATIENCE, first)
         seqs, settled, descents, distances = done.sequences, done.labels, done.descents, done.distances
         info.update(rank2=span2.rank, sequence_distances=done.distances, certified_sequences=done.certified,
                     descents=descents, linker_calls=linker.calls, deadline_reached=done.out_of_time)
         if 0 < done.certified < obs.batch_size and obs.local_steps == 1:
             peeled, spent = peel_found(obs, seqs[:done.certified], list(settled), budget, start, seed, options,
-                                       descents)
+                                       descents, limit)
             descents += spent
             info["descents"] = descents
             if peeled is not None and closer(obs, peeled, seqs, settled):
