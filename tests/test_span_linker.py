@@ -143,3 +143,26 @@ def test_a_derived_gradient_settles_isolated_sequences_above_the_float32_cut(tin
     settled = done.sequences[: done.certified]
     assert done.certified >= 3 and all(q in truth for q in settled)
     assert max(done.distances[: done.certified]) > CERT  # settled by isolation, not by the float32 cut
+
+
+def test_a_changes_own_distance_is_its_positions_distance_in_the_full_forward(same_length):
+    """The shortlist's cheap score (one position's output, the change's key and value swapped in) is exactly what
+    the full mixing gives at that position."""
+    _, ledger, linker, truth = same_length
+    pools, _ = ledger.pools()
+    seq = list(truth[0])
+    moves = [(p, c) for p, pool in enumerate(pools) for c in pool if c != seq[p]]
+    assert moves
+    own = linker.own_distance(seq, moves)
+    sa, so = linker.attn.self, linker.attn.output
+    torch.set_grad_enabled(False)
+    for (p, c), value in zip(moves, own.tolist()):
+        changed = seq[:p] + [c] + seq[p + 1:]
+        idx = torch.tensor([[linker.index[(i, t)] for i, t in enumerate(changed)]])
+        x, q, k, v = (f[idx] for f in linker.feats)
+        q, k, v = (t.view(1, len(changed), sa.num_attention_heads, -1).transpose(1, 2) for t in (q, k, v))
+        ctx = torch.softmax(q @ k.transpose(-1, -2) * sa.attention_head_size ** -0.5, dim=-1) @ v
+        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(1, len(changed), -1)) + x)[0, p]
+        y = y / y.norm()
+        assert value == pytest.approx(float((y - (y @ linker.basis) @ linker.basis.T).norm()), rel=1e-4, abs=1e-6)
+    torch.set_grad_enabled(True)

@@ -34,9 +34,8 @@ class Ledger:
     def __init__(self, obs: Observation, inputs: LayerInputs, members: list[list[tuple[int, int, float]]]) -> None:
         self.obs, self.inputs = obs, inputs
         self.superset = [[(t, s) for t, s, _ in row] for row in members]
-        # Each candidate's place at its position by distance to the first layer's span (0: the closest).
-        self.rank = {(p, (t, s)): i for p, row in enumerate(members) for i, (t, s, _) in
-                     enumerate(sorted(row, key=lambda c: c[2]))}
+        # Each candidate's distance to the first layer's span at its position (members' own).
+        self.distance = {(p, (t, s)): d for p, row in enumerate(members) for t, s, d in row}
         self._cache: dict[tuple[Candidate, ...], tuple[int, torch.Tensor]] = {}
         gw_name = word_embedding_name(obs.model)
         gp_name = param_name(obs.model, inputs.module.position_embeddings.weight)
