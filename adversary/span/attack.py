@@ -117,10 +117,10 @@ def peel_steps(obs: Observation, token_ids: list[list[int]], labels: list[int], 
     `span` on what is left: a plain gradient at w_1 when E = 2, else E - 1 steps, peeled again. Label sets are
     tried from the attack's own, one flip at a time, then the rest, until the rest certifies or the time is up."""
     size = obs.batch_size // obs.local_steps
-    if len(distances) != len(token_ids) or len(token_ids) < size or size * obs.local_steps != obs.batch_size \
-            or not all(token_ids):  # a wide drift_cut can leave only the first step's members: enough to peel
-        return None
-    first = sorted(range(len(token_ids)), key=lambda i: distances[i])[:size]
+    linked = [i for i in range(min(len(distances), len(token_ids))) if token_ids[i]]
+    if len(linked) < size or size * obs.local_steps != obs.batch_size:  # a tight drift_cut can leave only the
+        return None  # first step's members, and the linker only its sequences (the rest empty): enough to peel
+    first = sorted(linked, key=lambda i: distances[i])[:size]
     ids, own = [token_ids[i] for i in first], tuple(labels[i] for i in first)
     flips = sorted(itertools.product(range(obs.num_labels), repeat=size),
                    key=lambda labs: sum(a != b for a, b in zip(labs, own)))
