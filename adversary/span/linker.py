@@ -63,10 +63,11 @@ class Linker:
         self.attn = base.encoder.layer[0].attention
         self.basis = span2.basis.float()  # float32 projections err ~1e-6, far below the sqrt(eps32) cut
         self.calls = 0
-        # A derived gradient's error separates true tokens from wrong ones at their own position (measured on
-        # minilm-l6 FedAvg); an exact one at random init does not (every member sits in the span there), and the
-        # shortlist then steered tinybert4's consecutive B = 8 FedSGD batch (exact before) into mixtures.
-        self.shortlisted = obs.gradient_error is not None
+        # A derived gradient (its error published): the error moves true sequences off the span (isolation settles
+        # them, :func:`assemble`) and separates true tokens from wrong ones at their own position (measured on
+        # minilm-l6 FedAvg). An exact one at random init does not (every member sits in the span there): the
+        # shortlist steered tinybert4's consecutive B = 8 FedSGD batch (exact without it) into mixtures.
+        self.derived = obs.gradient_error is not None
         self.index = {(p, c): i for i, (p, c) in enumerate((p, c) for p, pool in enumerate(pools) for c in pool)}
         keys = list(self.index)
         with torch.no_grad():
@@ -133,8 +134,8 @@ class Linker:
         still 9 after 12 steps) or past ``deadline`` (perf_counter)."""
         best = float(self.score([seq])[0])
         if sweeps is None:
-            sweeps = max(12, len(seq)) if self.shortlisted else 12
-        short = self.shortlisted
+            sweeps = max(12, len(seq)) if self.derived else 12
+        short = self.derived
         for _ in range(sweeps):
             if best < stop or time.perf_counter() > deadline:
                 break
@@ -147,7 +148,7 @@ class Linker:
             if len(listed) < len(moves) and not bool((d < best).any()):
                 short = False  # the shortlist found nothing: this step scores every change
                 continue
-            short, moves = self.shortlisted, listed
+            short, moves = self.derived, listed
             per_pos: dict[int, tuple[float, Candidate]] = {}
             for (p, c), v in zip(moves, d.tolist()):
                 if v < best and v < per_pos.get(p, (float("inf"), c))[0]:
@@ -214,7 +215,7 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
     :data:`ISOLATION` times below all its single-token changes (certification is the caller's final check)."""
     rng = np.random.default_rng(seed)
     cert = math.sqrt(EPS32)
-    derived = obs.gradient_error is not None  # its error moves true sequences off the span: isolation counts too
+    derived = linker.derived
     left = {n: obs.seq_lengths.count(n) for n in set(obs.seq_lengths)} if obs.seq_lengths is not None else None
     found: list[tuple[Candidate, ...]] = []
     labels: list[int] = []
@@ -300,7 +301,8 @@ def assemble(obs: Observation, ledger: Ledger, linker: Linker, sep: int, seed: i
             sub = [[pinned[p]] if p in pinned else pool for p, pool in enumerate(subs[e])]
             start = [min(pool, key=lambda c, p=p: ledger.distance.get((p, c), 0.0)) if greedy else
                      pool[int(rng.integers(len(pool)))] for p, pool in enumerate(sub)]
-            seq, d, nearest = descent = linker.descend(start, sub, stop=cert, deadline=deadline)
+            descent = linker.descend(start, sub, stop=cert, deadline=deadline)
+            seq, d = descent.seq, descent.distance
             minima[seq] = min(d, minima.get(seq, float("inf")))
             if (d < cert or (derived and descent.isolated())) and seq not in found and seq not in waiting:
                 new = accept(seq)
