@@ -67,7 +67,15 @@ CELL = ("model", "init", "E", "B", "kind")
 METRICS = ("exact", "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "tokens")
 # issue #11, item 2: the targets on 2 CPU cores
 TARGET_EXACT, TARGET_ROUGE1, TARGET_MAX_B = 0.95, 0.99, 32
-TARGET_SECONDS, TARGET_SECONDS_B = 60.0, 16
+TARGET_ROUGE1_B64 = 0.95  # B = 64 (bert-large): ROUGE-1 only
+# Seconds per batch, by (B, model): None = any model. Issue #11: 60 s at B = 16, 10 minutes at B = 32 on bert-base,
+# 15 minutes at B = 64 on bert-large.
+TARGET_SECONDS = {(16, None): 60.0, (32, "bert-base"): 600.0, (64, "bert-large"): 900.0}
+
+
+def seconds_target(batch_size: int, model: str) -> float | None:
+    """The issue's time target for this cell, or None where it sets none."""
+    return TARGET_SECONDS.get((batch_size, None), TARGET_SECONDS.get((batch_size, model)))
 INFO_FLAGS = ("span_check_passed", "deadline_reached", "certified_sequences", "descents", "rank", "best_attack",
               "reason")
 UNIT = (*CELL, "batch", "method", "seed", "iterations_budget", "time_budget", "public_lengths", "lr", "batch_sha")
@@ -215,17 +223,19 @@ def target_verdict(cell: dict[str, Any]) -> str:
     if past == cell["n"]:
         return "past the rank limit: " + (f"{false_claims} certified (false claim)" if false_claims else
                                           "nothing certified")
-    if cell["B"] > TARGET_MAX_B:
-        return "no target (B > 32)"
     if cell["E"] > 1:
         return f"no target (FedAvg, E = {cell['E']})"
+    if cell["B"] > TARGET_MAX_B and cell["B"] != 64:
+        return f"no target (B = {cell['B']})"
     missed = []
-    if cell["exact_mean"] < TARGET_EXACT:
+    if cell["B"] <= TARGET_MAX_B and cell["exact_mean"] < TARGET_EXACT:
         missed.append(f"exact < {TARGET_EXACT}")
-    if cell["rouge1_mean"] < TARGET_ROUGE1:
-        missed.append(f"R-1 < {TARGET_ROUGE1}")
-    if cell["B"] == TARGET_SECONDS_B and cell["seconds_mean"] > TARGET_SECONDS:
-        missed.append(f"> {TARGET_SECONDS:.0f} s")
+    rouge1 = TARGET_ROUGE1 if cell["B"] <= TARGET_MAX_B else TARGET_ROUGE1_B64
+    if cell["rouge1_mean"] < rouge1:
+        missed.append(f"R-1 < {rouge1}")
+    seconds = seconds_target(cell["B"], cell["model"])
+    if seconds is not None and cell["seconds_mean"] > seconds:
+        missed.append(f"> {seconds:.0f} s")
     verdict = "missed: " + ", ".join(missed) if missed else "met"
     return verdict + (f" ({past}/{cell['n']} batches past the rank limit)" if past else "")
 
@@ -275,8 +285,10 @@ def write_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[d
         f"N = tokens in the batch ([CLS]/[SEP] included), d = hidden size; N > d counts batches past the rank limit, "
         f"where the attack must not certify: {false_claims} such batch(es) were certified"
         + (" (a false claim of certainty)." if false_claims else "."),
-        f"Targets (issue #11): exact >= {TARGET_EXACT} and ROUGE-1 >= {TARGET_ROUGE1} for B <= {TARGET_MAX_B}; at most "
-        f"{TARGET_SECONDS:.0f} s per batch at B = {TARGET_SECONDS_B}; past the rank limit, to certify nothing. "
+        f"Targets (issue #11): exact >= {TARGET_EXACT} and ROUGE-1 >= {TARGET_ROUGE1} for B <= {TARGET_MAX_B}, ROUGE-1 "
+        f">= {TARGET_ROUGE1_B64} at B = 64; at most "
+        + ", ".join(f"{v:.0f} s per batch at B = {b}" + (f" on {m}" if m else "") for (b, m), v in TARGET_SECONDS.items())
+        + "; past the rank limit, to certify nothing. "
         f"With n = {args.batches} batch(es) per cell a 'met' is weak evidence.",
         f"Run: wall time {wall:.0f} s on {os.cpu_count()} CPU core(s), {args.threads} torch thread(s), load average "
         f"{args.load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end (other jobs shared the machine; seconds "

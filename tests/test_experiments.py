@@ -267,3 +267,23 @@ def test_bench_batch_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         with pytest.raises(UsageError) as bad:
             bench_batch.parse_args([*argv, "--out", str(tmp_path)])
         assert all(part in str(bad.value) for part in said) and "\n" not in str(bad.value)
+
+
+def test_bench_batch_targets_follow_the_issue_per_batch_size_and_model() -> None:
+    """Issue #11's targets: exact and ROUGE-1 up to B = 32, ROUGE-1 >= 0.95 at B = 64, and time limits of 60 s at
+    B = 16, 10 minutes at B = 32 on bert-base, 15 minutes at B = 64 on bert-large."""
+    from experiments.bench_batch import target_verdict
+
+    def cell(model: str, batch: int, exact: float, rouge1: float, seconds: float) -> dict:
+        return {"model": model, "E": 1, "B": batch, "n": 2, "over_rank_limit": 0, "certified_past_limit": 0,
+                "exact_mean": exact, "rouge1_mean": rouge1, "seconds_mean": seconds}
+
+    assert target_verdict(cell("tinybert4", 16, 1.0, 1.0, 59.0)) == "met"
+    assert target_verdict(cell("tinybert4", 16, 1.0, 1.0, 61.0)) == "missed: > 60 s"
+    assert target_verdict(cell("bert-base", 32, 1.0, 1.0, 601.0)) == "missed: > 600 s"
+    assert target_verdict(cell("tinybert4", 32, 1.0, 1.0, 601.0)) == "met"  # the 10 minutes are bert-base's
+    assert target_verdict(cell("bert-base", 32, 0.9, 0.98, 100.0)) == "missed: exact < 0.95, R-1 < 0.99"
+    assert target_verdict(cell("bert-large", 64, 0.5, 0.96, 899.0)) == "met"  # no exact-rate target at 64
+    assert target_verdict(cell("bert-large", 64, 0.5, 0.94, 901.0)) == "missed: R-1 < 0.95, > 900 s"
+    assert target_verdict(cell("bert-large", 48, 0.0, 0.0, 1e4)) == "no target (B = 48)"
+    assert target_verdict({**cell("minilm-l6", 2, 0.0, 0.0, 1.0), "E": 2}) == "no target (FedAvg, E = 2)"
