@@ -193,3 +193,22 @@ def test_best_certifies_an_optimisation_attacks_exact_fedavg_answer_by_replay():
     finally:
         for kind in answers:
             ATTACKS.pop(f"_oracle_{kind}", None)
+
+
+def test_the_fedavg_peel_starts_from_the_first_steps_sequences_when_nothing_else_was_linked():
+    """A tight drift_cut can leave the linker only the first step's sequences, the rest of the answer empty: that is
+    all the peel needs (the empty slots used to stop it, and E = 5 tinybert4 updates went uncertified)."""
+    import time
+
+    from adversary.options import Budget
+    from adversary.span.attack import SpanOptions, peel_steps
+
+    observation, batches, _ = _fedavg_batches_observation(seed=0)
+    first, labels = _sequences(batches[0]), batches[0]["labels"].tolist()
+    found = first + [[] for _ in range(observation.batch_size - len(first))]
+    peeled = peel_steps(observation, found, labels + [0, 0], [1e-4, 2e-4], Budget(500, 60), time.perf_counter(), 0,
+                        SpanOptions())
+    assert peeled is not None
+    token_ids, recovered = peeled
+    assert token_ids[:2] == first and sorted(token_ids[2:]) == sorted(_sequences(batches[1]))
+    assert recovered[:2] == labels
