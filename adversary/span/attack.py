@@ -11,9 +11,9 @@ uncertified. B = 1 runs no descent: the order is read from the positions. The re
 run as its ``iterations`` (0 for B = 1); the subspace test, the ledger and the labels are cheap and always run.
 
 FedAvg (``local_steps`` E > 1): only the first step's B sequences lie in the span at the global weights; the
-linker still searches its whole budget (stopping at the first B in the span lost a MiniLM update whose first two
-in-span sequences were not the first step's), :func:`peel_steps` takes the B closest and recovers the other steps
-from the residual; the replay of all E steps is then the only certificate.
+linker goes on :data:`PEEL_PATIENCE` descents past the B-th settled sequence (stopping at the first B in the span
+lost a MiniLM update whose first two in-span sequences were not the first step's), :func:`peel_steps` takes the B
+closest and recovers the other steps from the residual; the replay of all E steps is then the only certificate.
 
 Peeling (one step, B > 1): once the linker has certified some sequences and gone :data:`PEEL_PATIENCE` descents
 without another, :func:`peel_found` takes them off the gradient (:func:`adversary.peel.peel_sequences`) and runs
