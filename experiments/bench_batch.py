@@ -67,7 +67,7 @@ CELL = ("model", "init", "E", "B", "kind")
 METRICS = ("exact", "rouge1", "rouge2", "certified_share", "seconds", "cpu_seconds", "tokens")
 # issue #11, item 2: the targets on 2 CPU cores
 TARGET_EXACT, TARGET_ROUGE1, TARGET_MAX_B = 0.95, 0.99, 32
-TARGET_ROUGE1_B64 = 0.95  # B = 64 (bert-large): ROUGE-1 only
+TARGET_B64, TARGET_ROUGE1_B64 = 64, 0.95  # B = 64 (bert-large): ROUGE-1 only
 # Seconds per batch, by (B, model): None = any model. Issue #11: 60 s at B = 16, 10 minutes at B = 32 on bert-base,
 # 15 minutes at B = 64 on bert-large.
 TARGET_SECONDS = {(16, None): 60.0, (32, "bert-base"): 600.0, (64, "bert-large"): 900.0}
@@ -225,7 +225,7 @@ def target_verdict(cell: dict[str, Any]) -> str:
                                           "nothing certified")
     if cell["E"] > 1:
         return f"no target (FedAvg, E = {cell['E']})"
-    if cell["B"] > TARGET_MAX_B and cell["B"] != 64:
+    if cell["B"] > TARGET_MAX_B and cell["B"] != TARGET_B64:
         return f"no target (B = {cell['B']})"
     missed = []
     if cell["B"] <= TARGET_MAX_B and cell["exact_mean"] < TARGET_EXACT:
@@ -286,7 +286,7 @@ def write_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[d
         f"where the attack must not certify: {false_claims} such batch(es) were certified"
         + (" (a false claim of certainty)." if false_claims else "."),
         f"Targets (issue #11): exact >= {TARGET_EXACT} and ROUGE-1 >= {TARGET_ROUGE1} for B <= {TARGET_MAX_B}, ROUGE-1 "
-        f">= {TARGET_ROUGE1_B64} at B = 64; at most "
+        f">= {TARGET_ROUGE1_B64} at B = {TARGET_B64}; at most "
         + ", ".join(f"{v:.0f} s per batch at B = {b}" + (f" on {m}" if m else "") for (b, m), v in TARGET_SECONDS.items())
         + "; past the rank limit, to certify nothing. "
         f"With n = {args.batches} batch(es) per cell a 'met' is weak evidence.",

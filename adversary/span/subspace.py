@@ -185,7 +185,8 @@ def drift_cut(found: list[list[tuple[int, int, float]]], min_gap: float = 2.0
     error's own scale). It looks for a gap of at least ``min_gap`` (a ratio) only up to :data:`DRIFT_CEILING` x the
     floor, and cuts there without one: the widest gap overall lay between the [CLS] position's candidates (1e-1 to
     4e-1) and kept 85-95 tokens per position, while every true token of 8 SST-2 updates on minilm-l6 (E = 2, B = 2)
-    stayed within 3.3 x the floor. Returns (the kept candidates, the cut or None, the gap's ratio)."""
+    stayed within 3.3 x the floor. Returns (the kept candidates, the cut: None only without candidates, the gap's
+    ratio)."""
     rows = [row for row in found if row]
     if not rows:
         return found, None, 1.0
