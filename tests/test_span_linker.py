@@ -68,6 +68,22 @@ def test_descent_from_any_mixture_of_the_pools_lands_on_a_true_sequence(same_len
         assert list(seq) in truth and value < CERT, (start, seq)
 
 
+def test_a_steepest_descent_takes_one_change_a_step_and_still_lands_on_a_true_sequence(tiny, tokenizer):
+    _, ledger, linker, truth = build(tiny, tokenizer, ["the cat sat on a mat", "a dog ran to the park"], [0, 1])
+    pools, _ = ledger.pools()
+    wider = 0
+    for start in itertools.product(*pools):
+        start = list(start)
+        one = linker.descend(start, pools, sweeps=1, steepest=True)
+        changed = [p for p, (a, b) in enumerate(zip(one.seq, start)) if a != b]
+        swap = len(changed) == 2 and one.seq[changed[0]] == start[changed[1]] and one.seq[changed[1]] == start[changed[0]]
+        assert len(changed) <= 1 or swap, (start, one.seq)
+        wider += sum(a != b for a, b in zip(linker.descend(start, pools, sweeps=1).seq, start)) > len(changed)
+        seq, value, _ = linker.descend(start, pools, stop=CERT, steepest=True)
+        assert list(seq) in truth and value < CERT, (start, seq)
+    assert wider > 0  # the default step takes several improving changes at once somewhere
+
+
 def test_assemble_recovers_a_padded_batch_within_its_budget(tiny, tokenizer):
     obs, ledger, linker, truth = build(tiny, tokenizer, ["anna paid", "he won today"], [1, 0])
     sep = obs.tokenizer.sep_token_id
