@@ -84,6 +84,26 @@ def test_a_steepest_descent_takes_one_change_a_step_and_still_lands_on_a_true_se
     assert wider > 0  # the default step takes several improving changes at once somewhere
 
 
+def test_a_bag_one_word_off_in_the_wrong_order_is_one_rebag_from_the_truth(tiny, tokenizer):
+    """The template trap (tinybert4, B = 8 pii sentences): the descent stops on a bag one word off whose missing
+    word fits only where another sits; no single change or exchange reaches the sentence, one change of bag does."""
+    obs, ledger, *_ = build(tiny, tokenizer, ["grace walker paid the invoice of ten dollars",
+                                              "irene hall paid the bill of ten euros"], [0, 1])
+    ids = lambda text: [(t, 0) for t in tokenizer.convert_tokens_to_ids(text.split())]  # noqa: E731
+    truth = ids("[CLS] grace walker paid the in ##vo ##ice of ten dollars [SEP]")
+    trap = ids("[CLS] grace walker paid euros the ##vo ##ice of in dollars [SEP]")  # 'ten' out, 'euros' in
+    pools = [[c] for c in truth]
+    pools[4], pools[5], pools[9] = ids("the euros"), ids("in the"), ids("ten in")
+    linker = Linker(obs, linker_span(obs.gradients[FFN], 2 * len(pools)), pools)
+    here = float(linker.score([trap])[0])
+    singles = [trap[:p] + [c] + trap[p + 1:] for p in range(len(trap)) for c in pools[p] if c != trap[p]]
+    swapped = linker._best_swap(trap, pools, here)
+    assert truth not in singles and (swapped is None or swapped[0] != truth)
+    seq, value = linker._best_rebag(trap, pools, here)
+    assert seq == truth and value < CERT
+    assert linker._best_rebag(truth, pools, value) is None  # nothing below the truth
+
+
 def test_assemble_recovers_a_padded_batch_within_its_budget(tiny, tokenizer):
     obs, ledger, linker, truth = build(tiny, tokenizer, ["anna paid", "he won today"], [1, 0])
     sep = obs.tokenizer.sep_token_id

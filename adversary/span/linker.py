@@ -2,7 +2,8 @@
 
 The first FFN's input-weight gradient spans each position's attention output, a function of its whole sequence.
 Sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate descent on their mean
-distance to that span (single-position changes, then exchanges of two positions' tokens when those are stuck),
+distance to that span (single-position changes; when those are stuck, exchanges of two positions' tokens, then
+a change of the sequence's bag by one token with its tokens reassigned to positions, :meth:`Linker._best_rebag`),
 from random starts, then from starts pinned to each (position, token), alternating with random starts at the
 length whose descents came closest (with unknown lengths most candidate lengths are wrong ones); the first start
 at each length takes every position's closest member. Every other descent moves one position a step (the best
@@ -26,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from adversary.case import Observation
 from adversary.span.ledger import Ledger
@@ -37,6 +39,9 @@ PAIRED = 32  # waiting sequences tried in pairs (the closest to the span): pairs
 # FedAvg update (E = 2, B = 2, SST-2; sqrt(eps32) is 3.5e-4), while every single-token change of it stays from 6e-3
 # (37-60x further); the second step's sequences, which drifted, sit 2-4x below theirs. Measured, not derived.
 ISOLATION = 10.0
+REBAG = 4  # bags one token away that :meth:`Linker._best_rebag` reorders in full (the closest once placed)
+REBAG_MOST = 4096  # more bags than this (long sequences, large pools) are not tried: each costs an assignment
+UNPLACEABLE = 1e6  # an assignment's cost for a token its position's pool does not hold
 SHORTLIST = 3  # changes per position a descent step scores in full, chosen by their position's own output
 
 
@@ -80,16 +85,21 @@ class Linker:
             self.feats = [x, sa.query(x), sa.key(x), sa.value(x)]
 
     @torch.no_grad()
-    def score(self, seqs: list[list[Candidate]]) -> torch.Tensor:
-        """Mean distance to the span of each sequence's attention outputs (0: consistent with the gradient)."""
+    def score(self, seqs: list[list[Candidate]], at: slice = slice(None)) -> torch.Tensor:
+        """Mean distance to the span of each sequence's attention outputs (0: consistent with the gradient), over
+        the positions ``at`` (default all; ``slice(0, 1)``, the [CLS] output alone, reads the sequence's context, a
+        function of its bag of tokens, at 1/L of the cost)."""
         self.calls += len(seqs)
         idx = torch.tensor([[self.index[(p, c)] for p, c in enumerate(q)] for q in seqs])
         x, q, k, v = (f[idx] for f in self.feats)
+        x, q = x[:, at], q[:, at]
         sa, so = self.attn.self, self.attn.output
-        n, length, _ = x.shape
-        q, k, v = (t.view(n, length, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2) for t in (q, k, v))
-        ctx = torch.softmax(q @ k.transpose(-1, -2) * sa.attention_head_size ** -0.5, dim=-1) @ v
-        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(n, length, -1)) + x)
+        n, length, _ = k.shape
+        heads, size = sa.num_attention_heads, sa.attention_head_size
+        q = q.reshape(n, -1, heads, size).transpose(1, 2)
+        k, v = (t.view(n, length, heads, size).transpose(1, 2) for t in (k, v))
+        ctx = torch.softmax(q @ k.transpose(-1, -2) * size ** -0.5, dim=-1) @ v
+        y = so.LayerNorm(so.dense(ctx.transpose(1, 2).reshape(n, x.shape[1], -1)) + x)
         y = y / y.norm(dim=-1, keepdim=True)
         return (y - (y @ self.basis) @ self.basis.T).norm(dim=-1).mean(dim=1).double()
 
@@ -157,8 +167,8 @@ class Linker:
             for (p, c), v in zip(moves, d.tolist()):
                 if v < best and v < per_pos.get(p, (float("inf"), c))[0]:
                     per_pos[p] = (v, c)
-            if not per_pos:  # a local minimum of single changes: try exchanging two positions' tokens
-                swapped = self._best_swap(seq, pools, best)
+            if not per_pos:  # a local minimum of single changes: exchange two positions' tokens, or change its bag
+                swapped = self._best_swap(seq, pools, best) or self._best_rebag(seq, pools, best)
                 if swapped is None:
                     return Descent(tuple(seq), best, float(d.min()))
                 seq, best = swapped
@@ -172,6 +182,56 @@ class Linker:
                     seq_one, d_one = combined, d_all
             seq, best = seq_one, d_one
         return Descent(tuple(seq), best, math.nan)
+
+    def _reorder(self, bag: list[Candidate], allowed: list[set[Candidate]], seq: list[Candidate],
+                 rounds: int = 3) -> list[Candidate]:
+        """``bag`` in the order that puts each position's own output closest to the span in the context of ``seq``
+        (an arrangement of about the same bag), re-solved in the context of each new order until it stays."""
+        for _ in range(rounds):
+            kinds = sorted(set(bag))
+            moves = [(p, c) for p in range(len(bag)) for c in kinds if c in allowed[p]]
+            at = dict(zip(moves, self.own_distance(seq, moves).tolist()))
+            cost = np.array([[at.get((p, c), UNPLACEABLE) for c in bag] for p in range(len(bag))])
+            rows, cols = linear_sum_assignment(cost)
+            order = [bag[j] for j in cols[np.argsort(rows)]]
+            if order == seq:
+                break
+            seq = order
+        return seq
+
+    def _best_rebag(self, seq: list[Candidate], pools: list[list[Candidate]], best: float
+                    ) -> tuple[list[Candidate], float] | None:
+        """The best sequence one token away from ``seq``'s bag (or its own bag), each bag in its best order, below
+        ``best``. Near-uniform attention makes each position's output a function of its own token and the bag of
+        the sequence, so where sentences share most words a descent stops in a bag one word off, its words arranged
+        so that the missing one fits only where another sits (no single change or exchange of two leaves it). Each
+        bag is first placed with the fewest moves (an assignment: staying costs 0, moving 1) and ranked by its [CLS]
+        output's distance (its context); the :data:`REBAG` closest are reordered by their positions' own outputs
+        (:meth:`_reorder`). None past :data:`REBAG_MOST` bags."""
+        allowed = [set(pool) for pool in pools]
+        kinds = sorted({c for pool in pools for c in pool})
+        col = {c: j for j, c in enumerate(kinds)}
+        fits = np.array([[c in allowed[p] for c in kinds] for p in range(len(seq))])
+        stay = np.eye(len(seq), dtype=bool)
+        bags = [list(seq)] + [seq[:p] + [c] + seq[p + 1:] for p in range(len(seq)) if len(pools[p]) > 1
+                              for c in kinds if c != seq[p]]
+        if len(bags) > REBAG_MOST:
+            return None
+        placed: list[list[Candidate]] = []
+        for bag in bags:
+            ok = fits[:, [col[c] for c in bag]]
+            cost = np.where(ok, np.where(stay, 0.0, 1.0), UNPLACEABLE)
+            rows, cols = linear_sum_assignment(cost)
+            if cost[rows, cols].sum() < UNPLACEABLE:
+                placed.append([bag[j] for j in cols[np.argsort(rows)]])
+        if not placed:
+            return None
+        first = torch.cat([self.score(placed[i:i + 1024], at=slice(0, 1)) for i in range(0, len(placed), 1024)])
+        trial = [self._reorder(placed[int(i)], allowed, placed[int(i)])
+                 for i in torch.argsort(first)[:REBAG]]
+        d = self.score(trial)
+        j = int(torch.argmin(d))
+        return (trial[j], float(d[j])) if float(d[j]) < best else None
 
     def _best_swap(self, seq: list[Candidate], pools: list[list[Candidate]], best: float
                    ) -> tuple[list[Candidate], float] | None:
