@@ -2,6 +2,7 @@
 
     python experiments/reference_frontier.py --resume            # the committed run (8-9 h on 2 cores, in parts)
     python experiments/reference_frontier.py --quick             # the same pipeline on the tiny model, seconds
+    python experiments/reference_frontier.py --table-only        # the tables from the runs completed so far
 
 One ``fedleak sweep`` (``fedsim.sweep.sweep``) over the settings below, each with ``--seeds`` seeds, on pretrained
 ``minilm-l6``, SST-2 from the local GLUE copy: FedAvg with E = 2 local SGD steps of B = 2 sentences (an update of
@@ -77,11 +78,20 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--defense", action="append", default=None, metavar="SPEC",
                    help="a setting to run (repeatable; default: the reference grid, see the module doc)")
     p.add_argument("--resume", action="store_true", help="keep the completed runs OUT already holds")
+    p.add_argument("--table-only", action="store_true",
+                   help="start no federation: tabulate the completed runs OUT holds (the others are listed as not "
+                        "run in runs.csv and left out of the table, the verdict and the figure); implies --resume")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         raise common.UsageError(f"--seeds and --jobs must be positive integers, got {args.seeds} and {args.jobs}")
     args.out = Path(args.out or (common.RESULTS / NAME))
+    args.resume = args.resume or args.table_only
     return args
+
+
+def not_run(settings: Settings) -> dict[str, Any]:
+    """``--table-only``'s federation: none (a run the plan holds but OUT has not completed)."""
+    return {"status": "not run"}
 
 
 def base_settings(args: Any) -> Settings:
@@ -100,13 +110,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     base = base_settings(args)
     defenses = args.defense or (QUICK_DEFENSES if args.quick else DEFENSES)
     command = "python experiments/reference_frontier.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    rows = sweep(base, defenses, [base.attack], args.out, run=run_in_process, resume=args.resume, seeds=args.seeds,
-                 command=command.strip(), jobs=args.jobs)
+    rows = sweep(base, defenses, [base.attack], args.out, run=not_run if args.table_only else run_in_process,
+                 resume=args.resume, seeds=args.seeds, command=command.strip(),
+                 jobs=1 if args.table_only else args.jobs)
     summary = read_summary(args.out) or {}
     verdict = json.loads((args.out / "verdict.json").read_text())
     wall = time.perf_counter() - started
+    missing = summary.get("runs_incomplete", 0)
     note = (f"Command: `{command.strip()}`. {summary.get('runs')} federations ({len(defenses)} settings x "
-            f"{args.seeds} seeds), {summary.get('reused', 0)} kept from an earlier run (`--resume`); this "
+            f"{args.seeds} seeds), {summary.get('reused', 0)} kept from an earlier run (`--resume`)"
+            f"{f', {missing} not run yet (left out; n_seeds counts what each setting has)' if missing else ''}; this "
             f"invocation's wall time {wall:.0f} s on {os.cpu_count()} CPU cores, {args.jobs} federation(s) at once, "
             f"load average {load_start:.1f} at start and {os.getloadavg()[0]:.1f} at end. Accuracy: whole dev split, "
             f"mean ± sd over seeds; its cost against `none` with a Welch 95% interval; leakage: ROUGE-1/2 of "

@@ -30,6 +30,13 @@ def test_quick_reference_frontier_writes_the_table_verdict_and_command(tmp_path,
     again = reference_frontier.main(["--quick", "--seeds", "1", "--jobs", "1", "--out", str(out), "--resume"])
     assert again["reused"] == 2 and [r["rouge1_mean"] for r in again["rows"]] == [
         r["rouge1_mean"] for r in result["rows"]]
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    table = reference_frontier.main(["--quick", "--seeds", "2", "--out", str(out), "--table-only"])
+    assert table["runs"] == 4 and table["reused"] == 2 and sorted(p.name for p in out.iterdir() if p.is_dir()) == dirs
+    assert [r["n_seeds"] for r in table["rows"]] == [1, 1]  # seed 1 was never run: left out, not invented
+    assert [r["rouge1_mean"] for r in table["rows"]] == [r["rouge1_mean"] for r in result["rows"]]
+    assert "2 not run yet" in (out.parent / "reference_frontier.md").read_text()
+    assert (out / "frontier.png").is_file() and (out / "verdict.json").is_file()
 
 
 def test_a_missing_glue_copy_is_one_line_and_exit_2(tmp_path):
