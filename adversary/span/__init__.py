@@ -12,7 +12,8 @@ position-gradient rows (sums over the tokens at each position) then peel off the
 tokens form one sequence: the first FFN's input-weight gradient spans each position's attention output, a function
 of its whole sequence; sequences of each length (positions whose pool holds [SEP]) are assembled by coordinate
 descent on their mean distance to that span (single-position changes; when those are stuck, exchanges of two
-positions' tokens, then one-token changes of the bag with the tokens reassigned to positions), from random starts, then from starts pinned to each (position, token).
+positions' tokens, then one-token changes of the bag with the tokens reassigned to positions), from random starts,
+then from starts pinned to each (position, token).
 A certified sequence is settled: its own embedding gradient (exact, the batch loss being a mean of per-sequence
 losses) is subtracted from the word and position rows, so its tokens leave the pools and the peeling resumes;
 a sequence in the span that explains no token's gradient waits (neighbouring sentences can share all their

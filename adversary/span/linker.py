@@ -213,10 +213,10 @@ class Linker:
         col = {c: j for j, c in enumerate(kinds)}
         fits = np.array([[c in allowed[p] for c in kinds] for p in range(len(seq))])
         stay = np.eye(len(seq), dtype=bool)
-        bags = [list(seq)] + [seq[:p] + [c] + seq[p + 1:] for p in range(len(seq)) if len(pools[p]) > 1
-                              for c in kinds if c != seq[p]]
-        if len(bags) > REBAG_MOST:
+        changing = [p for p in range(len(seq)) if len(pools[p]) > 1]
+        if 1 + len(changing) * (len(kinds) - 1) > REBAG_MOST:  # each position keeps its own token out
             return None
+        bags = [list(seq)] + [seq[:p] + [c] + seq[p + 1:] for p in changing for c in kinds if c != seq[p]]
         placed: list[list[Candidate]] = []
         for bag in bags:
             ok = fits[:, [col[c] for c in bag]]
