@@ -183,10 +183,10 @@ class Linker:
             seq, best = seq_one, d_one
         return Descent(tuple(seq), best, math.nan)
 
-    def _reorder(self, bag: list[Candidate], allowed: list[set[Candidate]], seq: list[Candidate],
-                 rounds: int = 3) -> list[Candidate]:
-        """``bag`` in the order that puts each position's own output closest to the span in the context of ``seq``
-        (an arrangement of about the same bag), re-solved in the context of each new order until it stays."""
+    def _reorder(self, seq: list[Candidate], allowed: list[set[Candidate]], rounds: int = 3) -> list[Candidate]:
+        """``seq``'s tokens in the order that puts each position's own output closest to the span in the context of
+        the current order, re-solved in the context of each new order until it stays."""
+        bag = list(seq)
         for _ in range(rounds):
             kinds = sorted(set(bag))
             moves = [(p, c) for p in range(len(bag)) for c in kinds if c in allowed[p]]
@@ -208,14 +208,14 @@ class Linker:
         bag is first placed with the fewest moves (an assignment: staying costs 0, moving 1) and ranked by its [CLS]
         output's distance (its context); the :data:`REBAG` closest are reordered by their positions' own outputs
         (:meth:`_reorder`). None past :data:`REBAG_MOST` bags."""
-        allowed = [set(pool) for pool in pools]
         kinds = sorted({c for pool in pools for c in pool})
-        col = {c: j for j, c in enumerate(kinds)}
-        fits = np.array([[c in allowed[p] for c in kinds] for p in range(len(seq))])
-        stay = np.eye(len(seq), dtype=bool)
         changing = [p for p in range(len(seq)) if len(pools[p]) > 1]
         if 1 + len(changing) * (len(kinds) - 1) > REBAG_MOST:  # each position keeps its own token out
             return None
+        allowed = [set(pool) for pool in pools]
+        col = {c: j for j, c in enumerate(kinds)}
+        fits = np.array([[c in allowed[p] for c in kinds] for p in range(len(seq))])
+        stay = np.eye(len(seq), dtype=bool)
         bags = [list(seq)] + [seq[:p] + [c] + seq[p + 1:] for p in changing for c in kinds if c != seq[p]]
         placed: list[list[Candidate]] = []
         for bag in bags:
@@ -227,8 +227,7 @@ class Linker:
         if not placed:
             return None
         first = torch.cat([self.score(placed[i:i + 1024], at=slice(0, 1)) for i in range(0, len(placed), 1024)])
-        trial = [self._reorder(placed[int(i)], allowed, placed[int(i)])
-                 for i in torch.argsort(first)[:REBAG]]
+        trial = [self._reorder(placed[int(i)], allowed) for i in torch.argsort(first)[:REBAG]]
         d = self.score(trial)
         j = int(torch.argmin(d))
         return (trial[j], float(d[j])) if float(d[j]) < best else None
